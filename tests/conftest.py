@@ -1,0 +1,47 @@
+"""Shared test fixtures: where the repository and the read-only `../shared` material live."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def _shared_dir() -> Path:
+    """`SHARED_DIR` when set, else the `shared/` folder beside the repository."""
+    return Path(os.environ.get("SHARED_DIR", REPO_ROOT.parent / "shared"))
+
+
+def _shared_file(relative: str) -> Path:
+    path = _shared_dir() / relative
+    if not path.is_file():
+        pytest.skip(f"needs {path} (set SHARED_DIR to the folder that holds {relative})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def waimai_csv() -> Path:
+    """The real waimai_10k.csv from ../shared; skips the test when it is absent."""
+    return _shared_file("data/waimai_10k.csv")
+
+
+@pytest.fixture(scope="session")
+def baichuan_tokenizer_model() -> Path:
+    """The real Baichuan2 tokenizer.model from ../shared; skips the test when it is absent."""
+    return _shared_file("baichuan2/tokenizer.model")
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    """The tiny official-layout Baichuan2 checkpoint and reference outputs (copied into tests/)."""
+    return FIXTURES_DIR / "baichuan2_reference"

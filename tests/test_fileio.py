@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from waimai.fileio import DataError, atomic_writer, read_jsonl, write_jsonl
+
+
+def test_atomic_writer_keeps_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "out.jsonl"
+    target.write_text("old\n", encoding="utf-8")
+    with pytest.raises(RuntimeError):
+        with atomic_writer(target) as handle:
+            handle.write("half")
+            raise RuntimeError("boom")
+    assert target.read_text(encoding="utf-8") == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_jsonl_roundtrip_keeps_chinese_as_is(tmp_path):
+    path = tmp_path / "train.jsonl"
+    write_jsonl(path, [{"review": "很好吃", "label": "积极"}])
+    assert "很好吃" in path.read_text(encoding="utf-8")
+    assert read_jsonl(path, ("review", "label")) == [{"review": "很好吃", "label": "积极"}]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"review": "a", "label": "积极"}\n{broken\n', "bad.jsonl:2: not valid JSON"),
+        ('[1, 2]\n', "bad.jsonl:1: expected a JSON object"),
+        (json.dumps({"review": "a"}) + "\n", "bad.jsonl:1: missing key(s) label"),
+        ("\n", "bad.jsonl: no records"),
+    ],
+)
+def test_read_jsonl_names_file_and_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_jsonl(path, ("review", "label"))
+
+
+def test_read_jsonl_missing_file(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_jsonl(tmp_path / "nope.jsonl")
