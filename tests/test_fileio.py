@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from waimai.fileio import DataError, atomic_writer, read_jsonl, write_jsonl
+from waimai.fileio import DataError, atomic_writer, atomic_writers, read_jsonl, write_jsonl
 
 
 def test_atomic_writer_keeps_old_file_when_writing_fails(tmp_path):
@@ -42,3 +42,20 @@ def test_read_jsonl_names_file_and_line(tmp_path, content, message):
 def test_read_jsonl_missing_file(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         read_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_atomic_writers_replace_all_files_or_none(tmp_path):
+    first, second = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    first.write_text("old train\n", encoding="utf-8")
+    second.write_text("old eval\n", encoding="utf-8")
+    with pytest.raises(OSError):
+        with atomic_writers([first, second]) as (train, eval_):
+            train.write("new train\n")
+            raise OSError("disk full")
+    assert first.read_text(encoding="utf-8") == "old train\n"
+    assert second.read_text(encoding="utf-8") == "old eval\n"
+    with atomic_writers([first, second]) as (train, eval_):
+        train.write("new train\n")
+        eval_.write("new eval\n")
+    assert first.read_text(encoding="utf-8") == "new train\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.jsonl", "train.jsonl"]

@@ -4,7 +4,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -14,32 +14,56 @@ class DataError(ValueError):
 
 
 @contextmanager
+def atomic_writers(paths: list[str | Path], mode: str = "w") -> Iterator[list[IO]]:
+    """Write each file to a temporary beside it; rename them all into place only once every one is written."""
+    paths = [Path(path) for path in paths]
+    encoding = None if "b" in mode else "utf-8"
+    temps: list[str] = []
+    try:
+        with ExitStack() as stack:
+            handles = []
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                temps.append(tmp_name)
+                handles.append(stack.enter_context(os.fdopen(fd, mode, encoding=encoding)))
+            yield handles
+            for handle in handles:
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp_name, path in zip(temps, paths):
+            os.replace(tmp_name, path)
+    except BaseException:
+        for tmp_name in temps:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Write to a temporary file beside `path`, then rename it over `path`; on error, leave `path` untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_writers([path], mode) as (handle,):
+        yield handle
+
+
+def dump_json(payload: object, handle: IO) -> None:
+    json.dump(payload, handle, ensure_ascii=False, indent=2)
+    handle.write("\n")
+
+
+def dump_jsonl(records: list[dict], handle: IO) -> None:
+    for record in records:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def write_json(path: str | Path, payload: object) -> None:
     with atomic_writer(path) as handle:
-        json.dump(payload, handle, ensure_ascii=False, indent=2)
-        handle.write("\n")
+        dump_json(payload, handle)
 
 
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
     with atomic_writer(path) as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        dump_jsonl(records, handle)
 
 
 def read_jsonl(path: str | Path, required_keys: tuple[str, ...] = ()) -> list[dict]:
