@@ -48,7 +48,6 @@ AutoTokenizer.register(BaichuanConfig, slow_tokenizer_class=BaichuanTokenizer, e
 # save_pretrained then copies our code beside the weights and writes the official auto_map.
 BaichuanConfig.register_for_auto_class()
 BaichuanForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-BaichuanTokenizer.register_for_auto_class("AutoTokenizer")
 
 
 def tiny_config(vocab_size: int, user_token_id: int, assistant_token_id: int, **overrides) -> BaichuanConfig:
