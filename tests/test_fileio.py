@@ -59,3 +59,10 @@ def test_atomic_writers_replace_all_files_or_none(tmp_path):
         eval_.write("new eval\n")
     assert first.read_text(encoding="utf-8") == "new train\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.jsonl", "train.jsonl"]
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"x": 1}])
+    reference = tmp_path / "plain"
+    reference.write_text("x")
+    assert (tmp_path / "a.jsonl").stat().st_mode == reference.stat().st_mode

@@ -25,9 +25,29 @@ def missing_model_files(folder: str | Path) -> list[str]:
     return missing + ["weights (model.safetensors, pytorch_model.bin or a sharded index)"]
 
 
+def missing_deepspeed_files(folder: str | Path) -> list[str]:
+    """What a DeepSpeed checkpoint lacks: DeepSpeed writes `latest` (naming the global_step folder) after the states.
+
+    A folder with neither `latest` nor a global_step folder is no DeepSpeed checkpoint and lacks nothing.
+    """
+    folder = Path(folder)
+    latest = folder / "latest"
+    if not latest.is_file():
+        return ["latest"] if any(folder.glob("global_step*")) else []
+    tag = latest.read_text(encoding="utf-8").strip()
+    if not tag or not (folder / tag).is_dir():
+        return [f"{tag or 'the folder'} named by latest"]
+    patterns = ("*model_states.pt", "*optim_states.pt")
+    return [f"{tag}/{pattern}" for pattern in patterns if not any((folder / tag).glob(pattern))]
+
+
 def is_complete_checkpoint(folder: Path) -> bool:
-    """The Trainer writes trainer_state.json last, so its presence marks a finished save."""
-    return (folder / "trainer_state.json").is_file() and not missing_model_files(folder)
+    """The Trainer writes trainer_state.json last, so its presence marks a finished save (and DeepSpeed's states)."""
+    return (
+        (folder / "trainer_state.json").is_file()
+        and not missing_model_files(folder)
+        and not missing_deepspeed_files(folder)
+    )
 
 
 def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:

@@ -6,11 +6,15 @@ Set `WAIMAI_DEVICE=npu|cuda|cpu` to override the detection.
 
 import importlib.util
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,15 @@ def peak_memory_bytes(device: Device) -> int | None:
 def synchronize(device: Device) -> None:
     if device.kind != "cpu":
         device.module().synchronize()
+
+
+def timed(device: Device, work: Callable[[], T]) -> tuple[T, float]:
+    """Run `work()`; return its result and its wall time in seconds, the device synchronised before both clock reads."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = work()
+    synchronize(device)
+    return result, time.perf_counter() - start
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
@@ -11,6 +11,13 @@ from typing import IO
 
 class DataError(ValueError):
     """Bad user input; the message is one line naming the file, row or flag."""
+
+
+def _default_file_mode() -> int:
+    """The mode a plain `open()` would give a new file (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextmanager
@@ -26,6 +33,7 @@ def atomic_writers(paths: list[str | Path], mode: str = "w") -> Iterator[list[IO
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
                 temps.append(tmp_name)
+                os.chmod(fd, _default_file_mode())
                 handles.append(stack.enter_context(os.fdopen(fd, mode, encoding=encoding)))
             yield handles
             for handle in handles:
@@ -66,8 +74,13 @@ def write_jsonl(path: str | Path, records: list[dict]) -> None:
         dump_jsonl(records, handle)
 
 
-def read_jsonl(path: str | Path, required_keys: tuple[str, ...] = ()) -> list[dict]:
-    """Read one JSON object per line; a bad line raises DataError naming the file and line."""
+def read_jsonl(
+    path: str | Path, required_keys: tuple[str, ...] = (), validate: Callable[[dict], str | None] | None = None
+) -> list[dict]:
+    """Read one JSON object per line; a bad line raises DataError naming the file and line.
+
+    `validate(record)` may return a message saying what is wrong with a record; it is raised with the line number.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -85,6 +98,9 @@ def read_jsonl(path: str | Path, required_keys: tuple[str, ...] = ()) -> list[di
             missing = [key for key in required_keys if key not in record]
             if missing:
                 raise DataError(f"{path}:{line_number}: missing key(s) {', '.join(missing)}")
+            problem = validate(record) if validate else None
+            if problem:
+                raise DataError(f"{path}:{line_number}: {problem}")
             records.append(record)
     if not records:
         raise DataError(f"{path}: no records")

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 IGNORE_INDEX = -100
 LABEL_WORDS = {1: "积极", 0: "消极"}  # waimai_10k label -> answer word
+DEFAULT_TEMPLATE = "{review} -> "  # the original recipe's prompt
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,7 @@ class PromptFormat:
     user_token_id: int
     assistant_token_id: int
     eos_token_id: int
-    template: str = "{review} -> "
+    template: str = DEFAULT_TEMPLATE
     label_words: tuple[str, ...] = (LABEL_WORDS[1], LABEL_WORDS[0])
 
     @classmethod

@@ -1,0 +1,38 @@
+"""Small random causal LMs for the scoring and generation tests: a tiny Llama and our tiny Baichuan2."""
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from waimai.baichuan import BaichuanForCausalLM, tiny_config
+
+VOCAB_SIZE = 97
+MODEL_KINDS = ("llama", "baichuan")
+INIT_STD = 0.3  # far above the usual 0.02, so that positions and padding visibly change the outputs
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=INIT_STD,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_baichuan(seed: int = 0) -> BaichuanForCausalLM:
+    torch.manual_seed(seed)
+    config = tiny_config(VOCAB_SIZE, user_token_id=95, assistant_token_id=96, initializer_range=INIT_STD)
+    return BaichuanForCausalLM(config).eval()
+
+
+def build_model(kind: str, seed: int = 0):
+    return tiny_llama(seed) if kind == "llama" else tiny_baichuan(seed)
