@@ -1,0 +1,201 @@
+"""ds_run_bf16.sh end to end on the CPU: the real DeepSpeed launcher, 2 gloo processes, the tiny demo model.
+
+- ZeRO-2 (the default config), interrupted after a checkpoint and run again: it continues, then the final model
+  loads and its label-scoring accuracy is the one the run reported;
+- ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps;
+- waimai/launch.sh: model selection and the CANN check.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.review_samples import write_reviews
+from waimai.baichuan import load_model, load_tokenizer
+from waimai.checkpoints import latest_complete_checkpoint
+from waimai.fileio import read_jsonl
+from waimai.prompting import PromptFormat
+from waimai.scoring import label_log_probs
+from waimai.tiny import build_tiny_base
+
+TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def data_dir(waimai_csv, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reviews")
+    write_reviews(waimai_csv, folder / "train.jsonl", per_label=200)
+    write_reviews(waimai_csv, folder / "eval.jsonl", per_label=40, skip=200)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prebuilt_base(data_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-base"
+    build_tiny_base(data_dir / "train.jsonl", path)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _env(tmp_path: Path, data_dir: Path, **overrides) -> dict:
+    """The demo (no MODEL folder) on small data, with this interpreter's deepspeed and python."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHON": sys.executable,
+        "PYTHONUNBUFFERED": "1",
+        "MODEL": str(tmp_path / "no-such-model"),
+        "DEMO_BASE_MODEL": str(tmp_path / "tiny-base"),
+        "DEMO_OUTPUT_DIR": str(tmp_path / "tuned"),
+        "TRAIN_DATA": str(data_dir / "train.jsonl"),
+        "EVAL_DATA": str(data_dir / "eval.jsonl"),
+        "MASTER_PORT": str(_free_port()),
+    }
+    env.pop("WAIMAI_DEVICE", None)
+    return {**env, **overrides}
+
+
+def _run(repo_root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "ds_run_bf16.sh", *args], cwd=repo_root, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """Interrupt the launcher, its processes and tee, as Ctrl-C would; wait until all of them are gone."""
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_demo_run_interrupted_then_continued_then_scored(repo_root, data_dir, tmp_path):
+    env = _env(tmp_path, data_dir)
+    # 400 reviews, 2 processes x 4 per batch: 50 steps, a checkpoint every 10
+    args = ("--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "10",
+            "--logging_steps", "5", "--disable_tqdm", "true")
+    output_dir = tmp_path / "tuned"
+    with open(tmp_path / "first.out", "w") as first_out:
+        first = subprocess.Popen(["bash", "ds_run_bf16.sh", *args], cwd=repo_root, env=env, stdout=first_out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + TIMEOUT_S
+            while latest_complete_checkpoint(output_dir) is None and first.poll() is None:
+                assert time.monotonic() < deadline, "no checkpoint in time"
+                time.sleep(0.1)
+        finally:
+            _stop_group(first)
+    first_log = (tmp_path / "first.out").read_text()
+    assert "running the tiny demo instead" in first_log and "built tiny base model" in first_log
+    assert "training in fp32" in first_log  # the CPU has no native bf16
+    interrupted_at = latest_complete_checkpoint(output_dir)
+    assert interrupted_at is not None and not (output_dir / "train_summary.json").exists(), first_log[-3000:]
+    step = int(interrupted_at.name.split("-")[1])
+    assert 10 <= step < 50
+    (output_dir / "checkpoint-900").mkdir()  # an interrupted save: skipped, and left alone
+    (output_dir / "checkpoint-900" / "config.json").write_text("{}", encoding="utf-8")
+
+    second = _run(repo_root, env, *args)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"resuming from {interrupted_at}" in second.stdout
+    assert (output_dir / "checkpoint-900" / "config.json").is_file()
+    summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
+    assert summary["processes"] == 2 and summary["device"] == "cpu" and summary["precision"] == "fp32"
+    assert summary["global_step"] == 50 and summary["resumed_from"] == str(interrupted_at)
+    assert summary["train_samples"] == 400 and summary["eval_samples"] == 80
+    assert len(list(output_dir.glob("train_*.log"))) == 2
+    state = json.loads((output_dir / "trainer_state.json").read_text(encoding="utf-8"))
+    logged = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert logged == list(range(5, 51, 5))  # the first session's log survives the interruption
+    assert all("tokens_per_s" in entry for entry in state["log_history"] if "loss" in entry)
+
+    # The saved model is the trained one: scoring it again gives the accuracy the run reported.
+    tokenizer, model = load_tokenizer(output_dir), load_model(output_dir)
+    prompt_format = PromptFormat.from_config(model.config)
+    records = read_jsonl(data_dir / "eval.jsonl")
+    prompts = [prompt_format.prompt_ids(tokenizer, record["review"])[0] for record in records]
+    candidates = [prompt_format.label_ids(tokenizer, word) for word in prompt_format.label_words]
+    scores = label_log_probs(model, prompts, candidates, model.config.pad_token_id, batch_size=32)
+    predicted = [prompt_format.label_words[index] for index in scores.argmax(-1).tolist()]
+    accuracy = sum(p == record["label"] for p, record in zip(predicted, records)) / len(records)
+    assert accuracy == pytest.approx(summary["eval_accuracy"], abs=0.02)
+    assert accuracy > 0.6
+
+
+def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_dir, prebuilt_base, tmp_path):
+    env = _env(tmp_path, data_dir, WAIMAI_CPU_BF16="1", DS_CONFIG="ds_config_zero3.json",
+               DEMO_BASE_MODEL=str(prebuilt_base), GRADIENT_CHECKPOINTING="true", GRAD_ACCUM="2")
+    result = _run(repo_root, env, "--max_steps", "3", "--max_eval_samples", "20", "--per_device_train_batch_size",
+                  "4", "--save_strategy", "no", "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "bf16 on a CPU without native bf16 is emulated" in result.stdout
+    output_dir = tmp_path / "tuned"
+    summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
+    assert summary["precision"] == "bf16" and summary["global_step"] == 3 and summary["eval_samples"] == 20
+    assert summary["eval_accuracy"] is not None
+    weights = load_file(output_dir / "model.safetensors")  # ZeRO-3 gathered the full 16-bit weights to save them
+    assert weights["lm_head.weight"].dtype == torch.bfloat16 and weights["lm_head.weight"].shape[0] > 1000
+    assert load_model(output_dir).lm_head.weight.dtype == torch.float32
+
+
+def test_failure_in_train_py_is_the_launcher_exit_status(repo_root, data_dir, prebuilt_base, tmp_path):
+    env = _env(tmp_path, data_dir, EVAL_DATA=str(tmp_path / "missing.jsonl"), DEMO_BASE_MODEL=str(prebuilt_base))
+    result = _run(repo_root, env)
+    assert result.returncode == 2
+    assert f"error: {tmp_path / 'missing.jsonl'}: file not found" in result.stdout
+
+
+def _bash(repo_root: Path, script: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; source waimai/launch.sh; {script}"], cwd=repo_root,
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_model_selection_switches_to_the_demo_when_the_model_is_absent(repo_root, tmp_path):
+    env = {**os.environ, "MODEL": str(tmp_path / "absent")}
+    for name in ("OUTPUT_DIR", "DEMO_BASE_MODEL", "DEMO_OUTPUT_DIR"):
+        env.pop(name, None)
+    shown = 'waimai_select_model; echo "$DEMO|$BASE_MODEL|$TRAIN_OUTPUT_DIR"'
+    demo = _bash(repo_root, shown, env)
+    assert "No Baichuan2 model at MODEL=" in demo.stdout
+    assert demo.stdout.splitlines()[-1] == "1|output/demo/tiny-base|output/demo/tiny-tuned"
+    (tmp_path / "absent").mkdir()
+    real = _bash(repo_root, shown, {**env, "OUTPUT_DIR": "out/7b"})
+    assert real.stdout.strip() == f"0|{tmp_path / 'absent'}|out/7b"
+
+
+def test_cann_environment_is_sourced_when_present(repo_root, tmp_path):
+    (tmp_path / "set_env.sh").write_text('export FAKE_CANN=sourced\n: "$VARIABLE_CANN_LEAVES_UNSET"\n')
+    env = {**os.environ, "ASCEND_TOOLKIT_HOME": str(tmp_path), "PYTHON": sys.executable}
+    env.pop("WAIMAI_DEVICE", None)
+    result = _bash(repo_root, 'waimai_setup_device; echo "$FAKE_CANN $DEVICE_KIND $DEVICE_BACKEND $-"', env)
+    assert result.returncode == 0, result.stderr
+    cann, kind, backend, flags = result.stdout.split()
+    assert (cann, kind, backend) == ("sourced", "cpu", "gloo") and "u" in flags  # nounset is back on
+
+
+def test_npu_requested_without_cann_is_an_error(repo_root, tmp_path):
+    env = {**os.environ, "WAIMAI_DEVICE": "npu", "ASCEND_TOOLKIT_HOME": str(tmp_path / "no-cann")}
+    result = _bash(repo_root, "waimai_setup_device", env)
+    if Path("/usr/local/Ascend/ascend-toolkit/set_env.sh").is_file():
+        pytest.skip("CANN is installed here")
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: WAIMAI_DEVICE=npu but CANN is not installed")

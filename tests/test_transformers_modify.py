@@ -1,0 +1,96 @@
+from types import SimpleNamespace
+
+import pytest
+
+from transformers_modify import step_metrics, versions
+from transformers_modify.step_metrics import StepMetricsCallback, peak_bf16_flops, training_flops_per_token
+from transformers_modify.training_args import FORCE_CPU_BF16, adapt_training_args
+from waimai.devices import Device
+from waimai.fileio import DataError
+
+CPU = Device("cpu", 1, bf16=False)
+
+
+def test_pins_come_from_requirements_txt():
+    pins = versions.pinned_versions()
+    assert pins["transformers"] == "5.24.0" and pins["deepspeed"] == "0.19.8" and pins["torch"] == "2.13.0"
+
+
+def test_pinned_environment_passes_and_a_mismatch_says_what_to_install(monkeypatch):
+    assert versions.version_problems() == []
+    pins = {**versions.pinned_versions(), "accelerate": "0.1.0", "torch": "1.0.0"}
+    monkeypatch.setattr(versions, "pinned_versions", lambda: pins)
+    with pytest.raises(DataError) as error:
+        versions.check_versions()
+    message = str(error.value)
+    assert "\n" not in message
+    assert "pip install accelerate==0.1.0" in message and "pip install torch==1.0.0" in message
+
+
+def test_torch_npu_must_match_torch(monkeypatch):
+    installed = {"torch": "2.5.1", "torch_npu": "2.1.0.post8", **{name: versions.pinned_versions()[name]
+                                                                   for name in versions.EXACT}}
+    monkeypatch.setattr(versions, "installed_version", installed.get)
+    assert versions.version_problems() == [
+        "torch_npu 2.1.0.post8 does not match torch 2.5.1: install the torch and torch_npu pair released for "
+        "your CANN version (see README)"]
+    installed["torch_npu"] = "2.5.1.post1"  # the pair for CANN 8: torch may differ from our CPU pin then
+    assert versions.version_problems() == []
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H200", 989),
+    ("NVIDIA A100-SXM4-80GB", 312), ("Ascend910B2", 354), ("Tesla V100-SXM2-32GB", None), (None, None),
+])
+def test_peak_flops_table(name, tflops):
+    assert peak_bf16_flops(name) == (None if tflops is None else tflops * 1e12)
+
+
+def test_flops_per_token_counts_dense_weights_and_attention():
+    from waimai.baichuan import BaichuanForCausalLM, tiny_config
+
+    model = BaichuanForCausalLM(tiny_config(500, user_token_id=3, assistant_token_id=4))
+    dense = model.num_parameters() - 500 * 128  # everything but the input embedding
+    assert training_flops_per_token(model)(100) == 6 * dense + 12 * 2 * 128 * 100
+
+
+def test_step_metrics_window(monkeypatch):
+    clock = iter([10.0, 12.0, 20.0, 22.0])
+    monkeypatch.setattr(step_metrics.time, "perf_counter", lambda: next(clock))
+    callback = StepMetricsCallback(CPU, lambda length: 1000.0 * length, sequences_per_step=4, world_size=2,
+                                   peak_flops=1e6)
+    for start, end in ((0, 400), (400, 800)):  # two steps of 400 tokens, 2 s each
+        callback.on_step_begin(None, SimpleNamespace(num_input_tokens_seen=start), None)
+        callback.on_step_end(None, SimpleNamespace(num_input_tokens_seen=end), None)
+    metrics = callback.pop_window()
+    assert metrics["step_time_s"] == 2.0 and metrics["tokens_per_s"] == 200.0
+    # 100 tokens per sequence -> 1e5 FLOPs per token; 200 tokens/s over 2 devices of 1 MFLOP/s each
+    assert metrics["mfu"] == pytest.approx(200 * 1e5 / 2e6)
+    assert callback.pop_window() == {}  # the window restarts
+
+
+def _args(**overrides):
+    settings = dict(fp16=False, bf16=True, tf32=None, deepspeed=None, use_cpu=False, accelerator_config=None)
+    return SimpleNamespace(**{**settings, **overrides})
+
+
+def test_cpu_without_bf16_trains_in_fp32_and_says_so(monkeypatch, capsys):
+    monkeypatch.delenv(FORCE_CPU_BF16, raising=False)
+    args = _args(tf32=True)
+    adapt_training_args(args, CPU)
+    assert (args.bf16, args.use_cpu, args.tf32) == (False, True, None)
+    err = capsys.readouterr().err
+    assert "training in fp32" in err and "--tf32 applies to NVIDIA GPUs only" in err
+
+
+def test_cpu_bf16_can_be_forced(monkeypatch, capsys):
+    monkeypatch.setenv(FORCE_CPU_BF16, "1")
+    args = _args()
+    adapt_training_args(args, CPU)
+    assert args.bf16 and args.use_cpu
+    assert "emulated and very slow" in capsys.readouterr().err
+
+
+def test_bf16_on_an_accelerator_without_it_is_an_error():
+    with pytest.raises(DataError, match="this cuda device has no native bf16"):
+        adapt_training_args(_args(), Device("cuda", 1, bf16=False))

@@ -1,0 +1,63 @@
+"""Checks of the installed stack against requirements.txt that say what to install instead of failing later."""
+
+from importlib import metadata
+from pathlib import Path
+
+from packaging.version import Version
+
+from waimai.fileio import DataError
+
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
+EXACT = ("transformers", "accelerate", "deepspeed")  # what train.py relies on beyond their public API
+
+
+def pinned_versions(path: Path = REQUIREMENTS) -> dict[str, str]:
+    """`name==version` lines of requirements.txt."""
+    pins = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, separator, version = line.split("#")[0].strip().partition("==")
+        if separator:
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """`2.13.0+cu128` and `2.13.0.post1` -> (2, 13, 0)."""
+    return Version(version).release[:3]
+
+
+def version_problems(pins: dict[str, str] | None = None) -> list[str]:
+    """What differs from the pinned stack, each with the command that fixes it."""
+    pins = pinned_versions() if pins is None else pins
+    problems = []
+    for name in EXACT:
+        found = installed_version(name)
+        if found is None or Version(found) != Version(pins[name]):
+            state = "is not installed" if found is None else f"{found} is installed"
+            problems.append(f"{name} {state} but this project needs {pins[name]}: pip install {name}=={pins[name]}")
+    torch_version = installed_version("torch")
+    torch_npu_version = installed_version("torch_npu")
+    if torch_npu_version is not None:
+        if torch_version is None or _release(torch_npu_version) != _release(torch_version):
+            problems.append(
+                f"torch_npu {torch_npu_version} does not match torch {torch_version}: install the torch and torch_npu "
+                "pair released for your CANN version (see README)"
+            )
+    elif torch_version is None or _release(torch_version) != _release(pins["torch"]):
+        state = "is not installed" if torch_version is None else f"{torch_version} is installed"
+        problems.append(f"torch {state} but this project needs {pins['torch']}: pip install torch=={pins['torch']}")
+    return problems
+
+
+def check_versions() -> None:
+    """Raise DataError (one line) when the installed stack differs from requirements.txt."""
+    problems = version_problems()
+    if problems:
+        raise DataError("; ".join(problems))
