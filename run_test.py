@@ -1,0 +1,132 @@
+"""Compare the base and the fine-tuned Baichuan2 model on the waimai_10k eval reviews: example table and metrics."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from waimai.baichuan import check_model_dir
+from waimai.devices import compute_dtype, detect_device, prepare_device
+from waimai.evaluation import EvalSettings, evaluate_model, resolve_tuned_model
+from waimai.fileio import DataError, read_jsonl
+from waimai.report import examples_table, results_payload, summary_table, write_outputs
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except None and False (the help text says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def whole_number(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Compare the base model with the fine-tuned one on the eval reviews (eval.jsonl from make_data.py). "
+            "Prints a table of a few reviews with each model's greedy answer, then, over the whole eval file, "
+            "the accuracy, per-class precision/recall/F1, macro-F1 and confusion matrix of label scoring (which "
+            "label word, 积极 or 消极, gets the higher log-probability after the prompt; for the base model this "
+            "is its zero-shot accuracy) and how often the generated answer is a label word. Writes "
+            "eval_results.json, eval_report.md and confusion_matrix.png to --output_dir. Uses the NPU or GPU "
+            "when there is one (bf16 where supported), else the CPU (fp32). Default paths are inside this "
+            "repository, wherever you run it from; paths you pass are relative to the current directory."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--base_model", type=Path, default=REPO_ROOT / "models" / "Baichuan2-7B-Base",
+                        help="folder of the base model (config.json, weights, tokenizer.model)")
+    parser.add_argument("--tuned_model", type=Path, default=None,
+                        help="folder of the fine-tuned model; default: the final model saved in --train_output_dir, "
+                             "else its latest complete checkpoint-N")
+    parser.add_argument("--train_output_dir", type=Path, default=REPO_ROOT / "output" / "baichuan2-7b-waimai",
+                        help="the training output folder where the default --tuned_model is looked up")
+    parser.add_argument("--eval_data", type=Path, default=REPO_ROOT / "data" / "eval.jsonl",
+                        help='eval reviews, one {"review": ..., "label": "积极"|"消极"} per line')
+    parser.add_argument("--max_samples", type=whole_number(1), default=None,
+                        help="evaluate only the first N eval reviews (default: all)")
+    parser.add_argument("--num_examples", type=whole_number(0), default=5,
+                        help="reviews shown in the example table (the first ones of the eval file)")
+    parser.add_argument("--max_new_tokens", type=whole_number(1), default=5,
+                        help="tokens each model generates per review (greedy)")
+    parser.add_argument("--batch_size", type=whole_number(1), default=16,
+                        help="reviews per forward pass, for label scoring and for generation")
+    parser.add_argument("--model_max_length", type=whole_number(8), default=1024,
+                        help="most tokens of prompt + answer + eos, as train.py's --model_max_length: "
+                             "longer reviews are cut exactly as in training")
+    parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "outputs",
+                        help="folder for eval_results.json, eval_report.md and confusion_matrix.png")
+    parser.add_argument("--fp32", action="store_true",
+                        help="compute in fp32 even on a device with native bf16")
+    return parser.parse_args(argv)
+
+
+def check_output_folder(folder: Path) -> None:
+    """Fail before the long evaluation, not after it, when the results could not be written there."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DataError(f"--output_dir {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise DataError(f"--output_dir {folder}: {existing} is not writable")
+
+
+def run(args: argparse.Namespace, console: Console) -> list[Path]:
+    """Evaluate both models, print the tables, write the result files; returns their paths."""
+    shown = read_jsonl(args.eval_data, required_keys=("review",))[: args.max_samples][: args.num_examples]
+    tuned_model = args.tuned_model or resolve_tuned_model(args.train_output_dir)
+    model_dirs = {"base": check_model_dir(args.base_model), "tuned": check_model_dir(tuned_model)}
+    check_output_folder(args.output_dir)
+    device = detect_device()
+    prepare_device(device)
+    dtype = compute_dtype(device, want_bf16=not args.fp32)
+    dtype_name = str(dtype).removeprefix("torch.")
+    settings = EvalSettings(args.batch_size, args.max_new_tokens, args.model_max_length, args.max_samples)
+    evaluations = {}
+    for name, model_dir in model_dirs.items():
+        console.rule(f"{name} model: {model_dir} ({device.kind}, {dtype_name})")
+        evaluations[name] = evaluation = evaluate_model(model_dir, args.eval_data, device, dtype, settings)
+        console.print(
+            f"{name}: label scoring {evaluation.scoring['reviews_per_s']:.1f} reviews/s, "
+            f"generation {evaluation.generation['reviews_per_s']:.1f} reviews/s"
+        )
+    reviews = [record["review"] for record in shown]
+    payload = results_payload(str(args.eval_data), reviews, evaluations, settings, device.kind, dtype_name)
+    console.print(examples_table(payload))
+    console.print(summary_table(payload))
+    return write_outputs(args.output_dir, payload)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console()
+    try:
+        written = run(args, console)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    console.print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

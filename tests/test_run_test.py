@@ -1,0 +1,182 @@
+"""run_test.sh / run_test.py end to end on two tiny random Baichuan2 models, and their errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from run_test import main
+from waimai.evaluation import resolve_tuned_model
+from waimai.fileio import DataError, write_jsonl
+from waimai.tiny import build_tiny_base
+
+REVIEWS = [
+    ("送餐很快，味道也不错，下次还点", "积极"),
+    ("包装很好，菜很新鲜，好评", "积极"),
+    ("量大实惠，分量足，推荐", "积极"),
+    ("服务态度好，准时送达", "积极"),
+    ("很好吃，孩子特别喜欢", "积极"),
+    ("等了两个小时才送到，饭都凉了", "消极"),
+    ("太咸了，根本没法吃", "消极"),
+    ("少送了一份米饭，打电话也不理", "消极"),
+    ("难吃，再也不点了", "消极"),
+    ("菜里有头发，恶心 | 差评", "消极"),
+    ("一般般吧，价格有点贵", "消极"),
+]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    """A base model folder, a training output folder whose only complete checkpoint is the tuned model, eval data."""
+    root = tmp_path_factory.mktemp("run_test")
+    eval_data = root / "eval.jsonl"
+    write_jsonl(eval_data, [{"review": review, "label": label} for review, label in REVIEWS])
+    build_tiny_base(eval_data, root / "base", vocab_size=1000, seed=0)
+    train_output_dir = root / "train_output"
+    build_tiny_base(eval_data, train_output_dir / "checkpoint-3", vocab_size=1000, seed=1)
+    (train_output_dir / "checkpoint-3" / "trainer_state.json").write_text("{}", encoding="utf-8")
+    (train_output_dir / "checkpoint-9").mkdir()  # an interrupted save: no weights, no trainer_state.json
+    return {"root": root, "eval_data": eval_data, "base": root / "base", "train_output_dir": train_output_dir}
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "run_test.py"), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def run_shell_demo(demo: dict, base_model: Path, *args: str) -> subprocess.CompletedProcess:
+    """`bash run_test.sh` where no 7B model exists, so that it compares the demo models named by the environment."""
+    env = os.environ | {
+        "MODEL": str(demo["root"] / "no-7b-model"),
+        "DEMO_BASE_MODEL": str(base_model),
+        "DEMO_OUTPUT_DIR": str(demo["train_output_dir"]),
+        "EVAL_DATA": str(demo["eval_data"]),
+        "PYTHON": sys.executable,
+    }
+    return subprocess.run(
+        ["bash", str(REPO_ROOT / "run_test.sh"), *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_end_to_end_table_metrics_and_files(demo):
+    output_dir = demo["root"] / "outputs"
+    result = run_shell_demo(
+        demo, demo["base"], "--output_dir", str(output_dir), "--num_examples", "3", "--batch_size", "4",
+        "--max_new_tokens", "4",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "running the tiny demo instead" in result.stdout
+    for header in ("review", "label", "base", "tune", "label scoring: accuracy", "reviews/s"):
+        assert header in result.stdout
+    assert REVIEWS[0][0] in result.stdout
+
+    payload = json.loads((output_dir / "eval_results.json").read_text(encoding="utf-8"))
+    assert payload["num_samples"] == len(REVIEWS)
+    assert payload["label_counts"] == {"积极": 5, "消极": 6}
+    assert payload["majority_baseline"] == {"label": "消极", "accuracy": pytest.approx(6 / 11)}
+    assert set(payload["models"]) == {"base", "tuned"}
+    assert payload["models"]["tuned"]["path"] == str(demo["train_output_dir"] / "checkpoint-3")
+    for model in payload["models"].values():
+        scoring, generation = model["scoring"], model["generation"]
+        assert 0 <= scoring["accuracy"] <= 1 and 0 <= generation["parse_rate"] <= 1
+        assert scoring["reviews_per_s"] > 0 and generation["reviews_per_s"] > 0
+        assert set(scoring["per_class"]) == {"积极", "消极"}
+        assert sum(map(sum, scoring["confusion_matrix"]["counts"])) == len(REVIEWS)
+        assert scoring["num_other"] == 0  # label scoring always picks a label word
+        assert sum(map(sum, generation["metrics"]["confusion_matrix"]["counts"])) == len(REVIEWS)
+    assert [example["review"] for example in payload["examples"]] == [review for review, _ in REVIEWS[:3]]
+    assert all(set(example) == {"review", "label", "base", "tuned"} for example in payload["examples"])
+
+    report = (output_dir / "eval_report.md").read_text(encoding="utf-8")
+    assert "| review | label | base | tune |" in report and "![confusion matrices](confusion_matrix.png)" in report
+    assert (output_dir / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert not list(output_dir.glob(".*.tmp"))
+
+
+def test_shell_without_demo_model_says_to_train_first(demo):
+    result = run_shell_demo(demo, demo["root"] / "no-demo-model")
+    assert_one_line_error(result, "no demo model", "ds_run_bf16.sh")
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ")
+    assert all(fragment in lines[-1] for fragment in fragments), lines[-1]
+    assert [line for line in lines if line.startswith("error")] == [lines[-1]]
+
+
+def test_missing_base_model_folder_is_a_clear_error(demo):
+    missing = demo["root"] / "no-such-model"
+    result = run_script("--base_model", str(missing), "--train_output_dir", str(demo["train_output_dir"]),
+                        "--eval_data", str(demo["eval_data"]), "--output_dir", str(demo["root"] / "unused"))
+    assert_one_line_error(result, str(missing), "no such folder")
+    assert not (demo["root"] / "unused").exists()
+
+
+def test_training_output_without_model_is_a_clear_error(demo):
+    empty = demo["root"] / "empty_train_output"
+    empty.mkdir(exist_ok=True)
+    result = run_script("--base_model", str(demo["base"]), "--train_output_dir", str(empty),
+                        "--eval_data", str(demo["eval_data"]), "--output_dir", str(demo["root"] / "unused"))
+    assert_one_line_error(result, str(empty), "no final model", "--tuned_model")
+
+
+def test_tuned_model_prefers_final_model_over_checkpoints(tmp_path):
+    (tmp_path / "checkpoint-5").mkdir()
+    for folder in (tmp_path / "checkpoint-5", tmp_path):
+        (folder / "config.json").write_text("{}", encoding="utf-8")
+        (folder / "model.safetensors").write_bytes(b"")
+    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}", encoding="utf-8")
+    assert resolve_tuned_model(tmp_path) == tmp_path
+    (tmp_path / "model.safetensors").unlink()
+    assert resolve_tuned_model(tmp_path) == tmp_path / "checkpoint-5"
+    with pytest.raises(DataError, match="no final model"):
+        resolve_tuned_model(tmp_path / "checkpoint-5" / "missing")
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"review": "好吃", "label": "积极"}', '{"review": "难吃", "label": 0}'],
+         "{path}:2: label 0 is not one of 积极, 消极"),
+        (['{"review": "", "label": "积极"}'], "{path}:1: review must be a non-empty string"),
+        (['{"review": "好吃"}'], "{path}:1: missing key(s) label"),
+    ],
+)
+def test_bad_eval_data_is_named(demo, tmp_path, capsys, lines, message):
+    eval_data = tmp_path / "eval.jsonl"
+    eval_data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code = main(["--base_model", str(demo["base"]), "--train_output_dir", str(demo["train_output_dir"]),
+                 "--eval_data", str(eval_data), "--output_dir", str(tmp_path / "outputs")])
+    assert code == 2
+    assert not (tmp_path / "outputs").exists()
+    assert capsys.readouterr().err.strip() == "error: " + message.format(path=eval_data)
+
+
+def test_incomplete_tuned_model_is_named(demo, capsys):
+    incomplete = demo["train_output_dir"] / "checkpoint-9"
+    code = main(["--base_model", str(demo["base"]), "--tuned_model", str(incomplete),
+                 "--eval_data", str(demo["eval_data"]), "--output_dir", str(demo["root"] / "unused")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: model folder {incomplete} is missing or incomplete: config.json, "
+        "weights (model.safetensors, pytorch_model.bin or a sharded index)"
+    )
+
+
+def test_unwritable_output_dir_fails_before_evaluation(demo, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    code = main(["--base_model", str(demo["base"]), "--train_output_dir", str(demo["train_output_dir"]),
+                 "--eval_data", str(demo["eval_data"]), "--output_dir", str(blocker / "outputs")])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f"error: --output_dir {blocker / 'outputs'}: {blocker} is not a folder"

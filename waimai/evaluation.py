@@ -1,0 +1,97 @@
+"""Evaluate one model on the eval reviews: label-scoring metrics, greedy answers, throughput."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from waimai.baichuan import BaichuanConfig, attention_implementation, load_model, load_tokenizer
+from waimai.checkpoints import latest_complete_checkpoint, missing_model_files
+from waimai.devices import Device, timed
+from waimai.fileio import DataError
+from waimai.generation import greedy_generate, parse_answer
+from waimai.metrics import OTHER, classification_metrics
+from waimai.prompting import PromptFormat
+from waimai.scoring import label_log_probs
+from waimai.train_data import load_split
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    batch_size: int
+    max_new_tokens: int
+    model_max_length: int  # prompt + answer tokens; longer reviews are cut as in training
+    max_samples: int | None  # evaluate only the first N records
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    model_dir: str
+    label_words: tuple[str, ...]
+    gold: list[str]  # each record's answer word
+    scoring: dict  # classification metrics of label scoring, plus reviews_per_s
+    generation: dict  # parse_rate, metrics of the parsed answers, reviews_per_s
+    answers: list[str]  # generated text, special tokens skipped
+    truncated_prompts: int
+
+
+def resolve_tuned_model(train_output_dir: str | Path) -> Path:
+    """The final model saved in the training output folder, else its latest complete `checkpoint-N`."""
+    train_output_dir = Path(train_output_dir)
+    if not missing_model_files(train_output_dir):
+        return train_output_dir
+    checkpoint = latest_complete_checkpoint(train_output_dir)
+    if checkpoint is None:
+        raise DataError(
+            f"{train_output_dir}: no final model and no complete checkpoint-N folder "
+            "(train first with `bash ds_run_bf16.sh`, or pass --tuned_model)"
+        )
+    return checkpoint
+
+
+def evaluate_model(
+    model_dir: str | Path, eval_data: str | Path, device: Device, dtype: torch.dtype, settings: EvalSettings
+) -> ModelEvaluation:
+    """Label scoring over the eval records (accuracy etc.), then greedy generation (answers, parse rate).
+
+    The eval file is read and encoded before the weights are loaded, so a bad record is reported at once.
+    """
+    tokenizer = load_tokenizer(model_dir)
+    prompt_format = PromptFormat.from_config(BaichuanConfig.from_pretrained(str(model_dir)))
+    split = load_split(eval_data, tokenizer, prompt_format, settings.model_max_length, settings.max_samples)
+    prompts, gold, label_words = split.prompts(), split.answers, prompt_format.label_words
+    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
+    model.to(device.torch_device())
+    pad_token_id = model.config.pad_token_id
+
+    candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
+    scores, scoring_s = timed(
+        device, lambda: label_log_probs(model, prompts, candidates, pad_token_id, settings.batch_size, progress=True)
+    )
+    predicted = [label_words[index] for index in scores.argmax(dim=-1).tolist()]
+    scoring = classification_metrics(gold, predicted, label_words) | {"reviews_per_s": len(prompts) / scoring_s}
+
+    answer_ids, generation_s = timed(
+        device,
+        lambda: greedy_generate(
+            model, prompts, pad_token_id, prompt_format.eos_token_id, settings.max_new_tokens, settings.batch_size,
+            progress=True,
+        ),
+    )
+    answers = [tokenizer.decode(ids, skip_special_tokens=True) for ids in answer_ids]
+    parsed = [parse_answer(answer, label_words) or OTHER for answer in answers]
+    generation_metrics = classification_metrics(gold, parsed, label_words)
+    generation = {
+        "parse_rate": 1 - generation_metrics["num_other"] / len(prompts),
+        "metrics": generation_metrics,
+        "reviews_per_s": len(prompts) / generation_s,
+    }
+    return ModelEvaluation(
+        model_dir=str(model_dir),
+        label_words=label_words,
+        gold=gold,
+        scoring=scoring,
+        generation=generation,
+        answers=answers,
+        truncated_prompts=split.truncated,
+    )
