@@ -1,0 +1,183 @@
+"""Evaluation throughput: the original's one-review-at-a-time generation against batched label scoring.
+
+Both answer every review; the report gives reviews/s, the ratio and how often the two answers agree.
+
+Run from the repository root:  python bench/eval_throughput.py   (or python -m bench.eval_throughput)
+"""
+
+import argparse
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `waimai` and `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from bench.common import (  # noqa: E402
+    REPO_ROOT,
+    default_data,
+    format_table,
+    header_lines,
+    positive_int,
+    split_jsonl,
+)
+from waimai.baichuan import BaichuanConfig, attention_implementation, load_model, load_tokenizer  # noqa: E402
+from waimai.devices import compute_dtype, detect_device, prepare_device, timed  # noqa: E402
+from waimai.evaluation import resolve_tuned_model  # noqa: E402
+from waimai.fileio import DataError  # noqa: E402
+from waimai.generation import greedy_generate, parse_answer  # noqa: E402
+from waimai.prompting import PromptFormat  # noqa: E402
+from waimai.scoring import label_log_probs  # noqa: E402
+from waimai.train_data import load_split  # noqa: E402
+
+DEMO_MODEL = REPO_ROOT / "output" / "demo" / "tiny-tuned"
+HOW_TO_MAKE_DEMO = (
+    "make the demo's tuned model with `python make_data.py --download && bash ds_run_bf16.sh` (without "
+    "models/Baichuan2-7B-Base it trains the tiny demo into output/demo/tiny-tuned), or pass --model"
+)
+
+
+def tuned_model_dir(path: Path) -> Path:
+    """The model folder, or a training output folder's final model / latest complete checkpoint."""
+    if not path.exists():
+        raise DataError(f"--model {path}: not found; {HOW_TO_MAKE_DEMO}")
+    try:
+        return resolve_tuned_model(path)
+    except DataError:
+        raise DataError(
+            f"--model {path}: no model files and no complete checkpoint-N folder; {HOW_TO_MAKE_DEMO}"
+        ) from None
+
+
+def benchmark(args: argparse.Namespace) -> list[str]:
+    """Time both ways over the same reviews, round after round; return the report's lines."""
+    model_dir = tuned_model_dir(args.model)
+    device = detect_device()
+    prepare_device(device)
+    dtype = compute_dtype(device, want_bf16=not args.fp32)
+    for line in header_lines(device, dtype):
+        print(line, flush=True)
+    tokenizer = load_tokenizer(model_dir)
+    prompt_format = PromptFormat.from_config(BaichuanConfig.from_pretrained(str(model_dir)))
+    label_words = prompt_format.label_words
+    with tempfile.TemporaryDirectory(prefix="eval_throughput.") as workdir:
+        eval_file = split_jsonl(args.data, "eval", Path(workdir))
+        split = load_split(eval_file, tokenizer, prompt_format, args.model_max_length, args.reviews)
+    prompts = split.prompts()
+    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
+    model.to(device.torch_device())
+    candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
+    pad_token_id, eos_token_id = model.config.pad_token_id, prompt_format.eos_token_id
+
+    def generate(batch: list[list[int]]) -> list[list[int]]:
+        return greedy_generate(model, batch, pad_token_id, eos_token_id, args.max_new_tokens, batch_size=1)
+
+    def score(batch: list[list[int]]) -> torch.Tensor:
+        return label_log_probs(model, batch, candidates, pad_token_id, args.batch_size)
+
+    methods = {"generation": generate, "scoring": score}
+    for method in methods.values():  # warm-up, untimed
+        method(prompts[: args.batch_size])
+    seconds = {name: [] for name in methods}
+    outputs = {}
+    for round_index in range(args.rounds):
+        order = list(methods) if round_index % 2 == 0 else list(methods)[::-1]
+        for name in order:
+            outputs[name], elapsed = timed(device, partial(methods[name], prompts))
+            seconds[name].append(elapsed)
+            print(f"round {round_index + 1}/{args.rounds}  {name}: {len(prompts) / elapsed:.1f} reviews/s",
+                  file=sys.stderr, flush=True)
+
+    generated = [parse_answer(tokenizer.decode(ids, skip_special_tokens=True), label_words)
+                 for ids in outputs["generation"]]
+    scored = [label_words[index] for index in outputs["scoring"].argmax(dim=-1).tolist()]
+    return report(args, model_dir, model, len(prompts), seconds, split.answers, generated, scored)
+
+
+def report(
+    args: argparse.Namespace,
+    model_dir: Path,
+    model,
+    count: int,
+    seconds: dict[str, list[float]],
+    gold: list[str],
+    generated: list[str | None],
+    scored: list[str],
+) -> list[str]:
+    """The table, the agreement and, last, `speedup_vs_original: <ratio>`."""
+    rate = {name: count * len(times) / sum(times) for name, times in seconds.items()}
+    accuracy = {name: sum(g == p for g, p in zip(gold, predicted)) / count
+                for name, predicted in (("generation", generated), ("scoring", scored))}
+    rows = [
+        ["original", f"generate {args.max_new_tokens} tokens, 1 review per call",
+         f"{rate['generation']:.1f}", f"{1000 / rate['generation']:.1f}", f"{accuracy['generation']:.1%}"],
+        ["ours", f"label scoring, {args.batch_size} reviews per batch",
+         f"{rate['scoring']:.1f}", f"{1000 / rate['scoring']:.1f}", f"{accuracy['scoring']:.1%}"],
+    ]
+    agree = sum(g == s for g, s in zip(generated, scored))
+    unparsed = sum(answer is None for answer in generated)
+    per_round = [g / s for g, s in zip(seconds["generation"], seconds["scoring"])]
+    config = model.config
+    return [
+        f"model:    {model_dir} ({model.num_parameters() / 1e6:,.1f}M parameters, hidden {config.hidden_size}, "
+        f"{config.num_hidden_layers} layers, vocabulary {config.vocab_size:,})",
+        f"data:     the first {count} eval reviews of {args.data} (cut to --model_max_length {args.model_max_length})",
+        f"timing:   {args.rounds} rounds, each method over all {count} reviews per round, alternating which goes "
+        "first, after an untimed warm-up batch",
+        "",
+        *format_table(["method", "how", "reviews/s", "ms/review", "accuracy"], rows, text_columns=2),
+        "",
+        f"agreement: {agree / count:.1%} of reviews get the same label from both ({agree}/{count}); "
+        f"{unparsed} generated answers start with no label word",
+        "speedup per round (scoring / generation): " + ", ".join(f"{ratio:.2f}" for ratio in per_round),
+        f"speedup_vs_original: {rate['scoring'] / rate['generation']:.2f}",
+    ]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Measure evaluation speed: the original recipe's way (generate a few tokens for one review at a time "
+            "and read the label word from the text) against label scoring (one batched forward pass compares the "
+            "log-probability of each label word after the prompt). Both run on the same eval reviews with the "
+            "same fine-tuned model, round after round; prints reviews/s, the ratio, each method's accuracy and "
+            "how often the two answers agree. The last line is `speedup_vs_original: <ratio>`. Runs on the NPU "
+            "or GPU when there is one (bf16), else on the CPU (fp32)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL,
+                        help="the fine-tuned model folder, or a training output folder (its final model, else its "
+                             "latest complete checkpoint); the default is where the CPU demo saves its tuned model")
+    parser.add_argument("--data", type=Path, default=default_data("eval"),
+                        help="eval reviews: eval.jsonl from make_data.py, or waimai_10k.csv (split as "
+                             "make_data.py does); by default data/eval.jsonl, else $SHARED_DIR/data/waimai_10k.csv")
+    parser.add_argument("--reviews", type=positive_int, default=500, help="how many eval reviews (the first ones)")
+    parser.add_argument("--batch_size", type=positive_int, default=16, help="label scoring: reviews per forward pass")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=5,
+                        help="generation: tokens generated per review, as the original")
+    parser.add_argument("--model_max_length", type=positive_int, default=1024,
+                        help="most tokens of prompt + answer + eos: longer reviews are cut as in training "
+                             "and run_test.py")
+    parser.add_argument("--rounds", type=positive_int, default=2,
+                        help="rounds; each times both methods over all reviews")
+    parser.add_argument("--fp32", action="store_true", help="compute in fp32 even on a device with native bf16")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        lines = benchmark(args)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
