@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from waimai import waimai_csv
-from waimai.fileio import DataError
+from waimai.cli import HelpFormatter, open_fraction, report_errors, whole_number
 
 REPO_ROOT = Path(__file__).resolve().parent
 DROP_REASONS = {
@@ -13,20 +13,6 @@ DROP_REASONS = {
     "duplicate": "exact duplicates of an earlier (label, review) row",
     "conflicting_labels": "reviews that occur with both labels",
 }
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value
-
-
-def ratio(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
-    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "byte-identical files. Default paths are inside this repository, wherever you run it from; "
             "paths you pass are relative to the current directory."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--csv", type=Path, default=REPO_ROOT / "data" / "waimai_10k.csv",
                         help="the input CSV, UTF-8 (with or without BOM) or GBK/GB18030 (detected)")
@@ -54,9 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder for train.jsonl, eval.jsonl and stats.json (replaced together, or not at all)")
     parser.add_argument("--seed", type=int, default=42, help="random seed of the split and of the record order")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--train_size", type=positive_int, default=10000,
+    size.add_argument("--train_size", type=whole_number(), default=10000,
                       help="training rows, the rest is eval; with no more rows than this, 80%% go to training")
-    size.add_argument("--eval_ratio", type=ratio, default=None,
+    size.add_argument("--eval_ratio", type=open_fraction, default=None,
                       help="instead of --train_size: the share of rows for eval, e.g. 0.2")
     return parser.parse_args(argv)
 
@@ -77,24 +63,21 @@ def print_summary(stats: dict, paths: list[Path]) -> None:
     print("wrote    " + ", ".join(str(path) for path in paths))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.download:
-            fetched = waimai_csv.fetch_csv(args.csv, args.url)
-            print(f"downloaded {args.url} -> {args.csv} (sha256 verified)" if fetched
-                  else f"{args.csv} already is the published file; nothing downloaded")
-        dataset = waimai_csv.build_dataset(args.csv, seed=args.seed, train_size=args.train_size,
-                                           eval_ratio=args.eval_ratio)
-        paths = waimai_csv.write_dataset(dataset, args.output_dir)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+def prepare(args: argparse.Namespace) -> int:
+    if args.download:
+        fetched = waimai_csv.fetch_csv(args.csv, args.url)
+        print(f"downloaded {args.url} -> {args.csv} (sha256 verified)" if fetched
+              else f"{args.csv} already is the published file; nothing downloaded")
+    dataset = waimai_csv.build_dataset(args.csv, seed=args.seed, train_size=args.train_size,
+                                       eval_ratio=args.eval_ratio)
+    paths = waimai_csv.write_dataset(dataset, args.output_dir)
     print_summary(dataset.stats, paths)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return report_errors(lambda: prepare(args))
 
 
 if __name__ == "__main__":

@@ -8,31 +8,13 @@ from pathlib import Path
 from rich.console import Console
 
 from waimai.baichuan import check_model_dir
+from waimai.cli import HelpFormatter, report_errors, whole_number
 from waimai.devices import compute_dtype, detect_device, prepare_device
 from waimai.evaluation import EvalSettings, evaluate_model, resolve_tuned_model
 from waimai.fileio import DataError, read_jsonl
 from waimai.report import examples_table, results_payload, summary_table, write_outputs
 
 REPO_ROOT = Path(__file__).resolve().parent
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except None and False (the help text says what happens then)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def whole_number(minimum: int):
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -116,16 +98,13 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     console = Console()
-    try:
+
+    def compare() -> int:
         written = run(args, console)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    console.print("wrote " + ", ".join(str(path) for path in written))
-    return 0
+        console.print("wrote " + ", ".join(str(path) for path in written))
+        return 0
+
+    return report_errors(compare)
 
 
 if __name__ == "__main__":

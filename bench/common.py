@@ -1,6 +1,5 @@
 """Shared by the throughput benchmarks: default paths, the data split, the machine/versions header, tables."""
 
-import argparse
 import importlib.metadata
 import os
 import platform
@@ -109,10 +108,3 @@ def format_duration(seconds: float) -> str:
 
 def format_bytes(count: int | None) -> str:
     return "n/a" if count is None else f"{count / 2**30:.2f} GiB"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
-    return value

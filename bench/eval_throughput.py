@@ -21,11 +21,21 @@ from bench.common import (  # noqa: E402
     default_data,
     format_table,
     header_lines,
-    positive_int,
     split_jsonl,
 )
-from waimai.baichuan import BaichuanConfig, attention_implementation, load_model, load_tokenizer  # noqa: E402
-from waimai.devices import compute_dtype, detect_device, prepare_device, timed  # noqa: E402
+from waimai.baichuan import (  # noqa: E402
+    BaichuanConfig,
+    attention_implementation,
+    load_model,
+    load_tokenizer,
+)
+from waimai.cli import HelpFormatter, report_errors, whole_number  # noqa: E402
+from waimai.devices import (  # noqa: E402
+    compute_dtype,
+    detect_device,
+    prepare_device,
+    timed,
+)
 from waimai.evaluation import resolve_tuned_model  # noqa: E402
 from waimai.fileio import DataError  # noqa: E402
 from waimai.generation import greedy_generate, parse_answer  # noqa: E402
@@ -147,7 +157,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "how often the two answers agree. The last line is `speedup_vs_original: <ratio>`. Runs on the NPU "
             "or GPU when there is one (bf16), else on the CPU (fp32)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", type=Path, default=DEMO_MODEL,
                         help="the fine-tuned model folder, or a training output folder (its final model, else its "
@@ -155,14 +165,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=default_data("eval"),
                         help="eval reviews: eval.jsonl from make_data.py, or waimai_10k.csv (split as "
                              "make_data.py does); by default data/eval.jsonl, else $SHARED_DIR/data/waimai_10k.csv")
-    parser.add_argument("--reviews", type=positive_int, default=500, help="how many eval reviews (the first ones)")
-    parser.add_argument("--batch_size", type=positive_int, default=16, help="label scoring: reviews per forward pass")
-    parser.add_argument("--max_new_tokens", type=positive_int, default=5,
+    parser.add_argument("--reviews", type=whole_number(), default=500, help="how many eval reviews (the first ones)")
+    parser.add_argument("--batch_size", type=whole_number(), default=16, help="label scoring: reviews per forward pass")
+    parser.add_argument("--max_new_tokens", type=whole_number(), default=5,
                         help="generation: tokens generated per review, as the original")
-    parser.add_argument("--model_max_length", type=positive_int, default=1024,
+    parser.add_argument("--model_max_length", type=whole_number(), default=1024,
                         help="most tokens of prompt + answer + eos: longer reviews are cut as in training "
                              "and run_test.py")
-    parser.add_argument("--rounds", type=positive_int, default=2,
+    parser.add_argument("--rounds", type=whole_number(), default=2,
                         help="rounds; each times both methods over all reviews")
     parser.add_argument("--fp32", action="store_true", help="compute in fp32 even on a device with native bf16")
     return parser.parse_args(argv)
@@ -170,13 +180,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        lines = benchmark(args)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print("\n".join(lines))
-    return 0
+
+    def measure() -> int:
+        print("\n".join(benchmark(args)))
+        return 0
+
+    return report_errors(measure)
 
 
 if __name__ == "__main__":

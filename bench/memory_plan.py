@@ -26,12 +26,21 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make `waimai` and `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs  # noqa: E402
-from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs  # noqa: E402
+from deepspeed.runtime.zero.stage3 import (
+    estimate_zero3_model_states_mem_needs,  # noqa: E402
+)
+from deepspeed.runtime.zero.stage_1_and_2 import (
+    estimate_zero2_model_states_mem_needs,  # noqa: E402
+)
 
-from bench.common import SHARED_CSV, default_tokenizer, format_table, require_file  # noqa: E402
+from bench.common import (  # noqa: E402
+    SHARED_CSV,
+    default_tokenizer,
+    format_table,
+    require_file,
+)
 from waimai.baichuan import BaichuanConfig, BaichuanTokenizer  # noqa: E402
-from waimai.fileio import DataError  # noqa: E402
+from waimai.cli import report_errors  # noqa: E402
 from waimai.prompting import LABEL_WORDS, PromptFormat  # noqa: E402
 from waimai.waimai_csv import read_rows  # noqa: E402
 
@@ -299,19 +308,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = BaichuanConfig()  # the official Baichuan2-7B shape
-    try:
+
+    def plan_memory() -> int:
         if args.seq_lengths is not None:
             mean, p95, longest = args.seq_lengths
             lengths = SequenceLengths(mean, p95, longest, ANSWER_TOKENS, "given with --seq-lengths, not measured")
         else:
             lengths = measure_lengths(args.csv, args.tokenizer, PromptFormat.from_config(config), args.pad_to)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    plan = make_plan(Shape.from_config(config), lengths, args.devices, args.batch_sizes, args.pad_to,
-                     args.logits_at_labels_only, args.reserve_gib)
-    print("\n".join(render(plan, args.cards)))
-    return 0
+        plan = make_plan(Shape.from_config(config), lengths, args.devices, args.batch_sizes, args.pad_to,
+                         args.logits_at_labels_only, args.reserve_gib)
+        print("\n".join(render(plan, args.cards)))
+        return 0
+
+    return report_errors(plan_memory)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,14 @@ from bench.common import (  # noqa: E402
     format_duration,
     format_table,
     header_lines,
-    positive_int,
     require_file,
     split_jsonl,
 )
-from transformers_modify.step_metrics import device_name, peak_bf16_flops, training_flops_per_token  # noqa: E402
+from transformers_modify.step_metrics import (  # noqa: E402
+    device_name,
+    peak_bf16_flops,
+    training_flops_per_token,
+)
 from waimai.baichuan import (  # noqa: E402
     BaichuanConfig,
     BaichuanForCausalLM,
@@ -39,6 +42,7 @@ from waimai.baichuan import (  # noqa: E402
     attention_implementation,
     tiny_config,
 )
+from waimai.cli import HelpFormatter, whole_number  # noqa: E402
 from waimai.collate import PaddingCollator  # noqa: E402
 from waimai.devices import (  # noqa: E402
     Device,
@@ -436,13 +440,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Runs on the NPU or GPU when there is one (bf16), else on the CPU (fp32). Ratios matter, not "
             "absolute times: other programs on the machine slow every configuration alike."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--preset", choices=PRESETS, default="cpu",
                         help="model shape: cpu = hidden 128, 2 layers (a few minutes on 2 CPU cores); 1b = hidden "
                              "2048, 12 layers (1.1B parameters); 7b = Baichuan2-7B's shape (7.5B parameters: bf16 "
                              "weights, gradients and AdamW states take about 60 GB: an 80 GB card, or fewer --layers)")
-    parser.add_argument("--layers", type=positive_int, default=None,
+    parser.add_argument("--layers", type=whole_number(), default=None,
                         help="number of layers instead of the preset's, e.g. the 7b shape with fewer layers")
     parser.add_argument("--tokenizer", type=Path, default=default_tokenizer(),
                         help="Baichuan2's tokenizer.model (its vocabulary sets the model's); by default looked for "
@@ -452,16 +456,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "make_data.py does); by default data/train.jsonl, else $SHARED_DIR/data/waimai_10k.csv")
     parser.add_argument("--configs", type=setup_names, default=names,
                         help="comma-separated configurations to run (original and ours always are)")
-    parser.add_argument("--batch_size", type=positive_int, default=16, help="ours: samples per forward pass")
-    parser.add_argument("--accumulation", type=positive_int, default=1,
+    parser.add_argument("--batch_size", type=whole_number(), default=16, help="ours: samples per forward pass")
+    parser.add_argument("--accumulation", type=whole_number(), default=1,
                         help="ours: forward passes per optimizer update (gradient accumulation)")
-    parser.add_argument("--steps", type=positive_int, default=1,
+    parser.add_argument("--steps", type=whole_number(), default=1,
                         help="timed optimizer steps per configuration and round")
-    parser.add_argument("--rounds", type=positive_int, default=2,
+    parser.add_argument("--rounds", type=whole_number(), default=2,
                         help="rounds; each runs every configuration once, in rotating order")
-    parser.add_argument("--max_length", type=positive_int, default=1024,
+    parser.add_argument("--max_length", type=whole_number(), default=1024,
                         help="the original's padded length; longer reviews are truncated, as in training")
-    parser.add_argument("--epoch_reviews", type=positive_int, default=10000,
+    parser.add_argument("--epoch_reviews", type=whole_number(), default=10000,
                         help="reviews in the epoch whose duration is projected")
     parser.add_argument("--seed", type=int, default=42, help="seed of the sample order and of the random weights")
     parser.add_argument("--fp32", action="store_true", help="compute in fp32 even on a device with native bf16")

@@ -16,6 +16,7 @@ import sentencepiece as spm
 import torch
 
 from waimai.baichuan import BaichuanForCausalLM, BaichuanTokenizer, tiny_config
+from waimai.cli import HelpFormatter, report_errors, whole_number
 from waimai.fileio import DataError, read_jsonl
 from waimai.prompting import DEFAULT_TEMPLATE
 
@@ -105,24 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         description="Build the `tiny` demo base model: a SentencePiece vocabulary trained on the reviews of "
         "--train_data (Baichuan2's special-token layout) and a randomly initialised ~1.4M-parameter model of the "
         "Baichuan2 architecture, saved as a model folder that train.py and run_test.py load like Baichuan2-7B-Base.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--train_data", type=Path, default=Path("data/train.jsonl"),
                         help='JSONL file with one {"review": ...} per line (made by make_data.py)')
     parser.add_argument("--output_dir", type=Path, default=Path("output/demo/tiny-base"),
                         help="the model folder to create (must not exist yet)")
-    parser.add_argument("--vocab_size", type=int, default=DEFAULT_VOCAB_SIZE,
+    parser.add_argument("--vocab_size", type=whole_number(16), default=DEFAULT_VOCAB_SIZE,
                         help="largest vocabulary size (smaller when the reviews are few)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(argv)
-    try:
+
+    def build() -> int:
         model = build_tiny_base(args.train_data, args.output_dir, args.vocab_size, args.seed)
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"built tiny base model in {args.output_dir}: {model.num_parameters():,} parameters, "
-          f"vocabulary {model.config.vocab_size}")
-    return 0
+        print(f"built tiny base model in {args.output_dir}: {model.num_parameters():,} parameters, "
+              f"vocabulary {model.config.vocab_size}")
+        return 0
+
+    return report_errors(build)
 
 
 if __name__ == "__main__":
