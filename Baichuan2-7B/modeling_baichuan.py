@@ -7,6 +7,7 @@ fused attention), the KV cache is a standard `Cache` and generation is the stand
 """
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -26,16 +27,20 @@ from .configuration_baichuan import BaichuanConfig
 
 try:
     import torch_npu
-except ImportError:
+except (ImportError, OSError, RuntimeError):
     torch_npu = None
 
 IGNORE_INDEX = -100
+# The fused Ascend RMSNorm kernel, when torch_npu has it; BAICHUAN_NPU_FUSED_KERNELS=0 turns it off.
+_NPU_RMS_NORM = (
+    getattr(torch_npu, "npu_rms_norm", None) if os.environ.get("BAICHUAN_NPU_FUSED_KERNELS", "1") != "0" else None
+)
 
 
 def rms_norm(hidden_states: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with the variance in float32; the fused `torch_npu.npu_rms_norm` kernel on Ascend devices."""
-    if torch_npu is not None and hidden_states.device.type == "npu":
-        return torch_npu.npu_rms_norm(hidden_states, weight, epsilon=eps)[0]
+    if _NPU_RMS_NORM is not None and hidden_states.device.type == "npu":
+        return _NPU_RMS_NORM(hidden_states, weight, epsilon=eps)[0]
     input_dtype = hidden_states.dtype
     hidden_fp32 = hidden_states.to(torch.float32)
     variance = hidden_fp32.pow(2).mean(-1, keepdim=True)
@@ -166,7 +171,8 @@ class NormHead(nn.Module):
     """Output projection with L2-normalised vocabulary rows.
 
     Training normalises on the fly, so the gradient flows through the normalisation. Evaluation
-    normalises once and reuses the result until the weight changes; the stored weight is never modified.
+    normalises once and reuses the result until the next training forward (or a move or in-place change of
+    the weight); the stored weight is never modified.
     """
 
     def __init__(self, hidden_size: int, vocab_size: int):
@@ -176,6 +182,9 @@ class NormHead(nn.Module):
         self._eval_weight_key: tuple | None = None
 
     def normalized_weight(self) -> torch.Tensor:
+        if self.training:
+            # Optimizers may update the weight through a flat buffer that bumps neither its version nor its pointer.
+            self._eval_weight = self._eval_weight_key = None
         if self.training or torch.is_grad_enabled():
             return F.normalize(self.weight, dim=-1)
         key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device)
@@ -307,7 +316,8 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         """With `labels`, the loss is next-token cross-entropy (ignore -100) over shifted labels.
 
         `logits_at_labels_only=True` (with `labels`) projects only the positions whose shifted label is
-        set: the loss is unchanged and `logits` has shape [num_label_positions, vocab_size].
+        set: the cross-entropy is unchanged and `logits` has shape [num_label_positions, vocab_size]. The
+        z-loss (`z_loss_weight > 0`) then averages over those positions instead of over every position.
         """
         outputs = self.model(
             input_ids=input_ids,

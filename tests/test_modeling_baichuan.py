@@ -227,3 +227,34 @@ def test_load_model_names_what_is_missing(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(DataError, match="weights"):
         load_model(tmp_path)
+
+
+def test_eval_after_an_optimizer_step_through_a_flat_buffer_sees_the_new_head(model, cases):
+    """DeepSpeed ZeRO-1/2 points parameters at a flat buffer and updates it through `.data`: no version bump."""
+    flat = model.lm_head.weight.detach().clone().reshape(-1)
+    model.lm_head.weight.data = flat.view_as(model.lm_head.weight)
+    before = _eval_logits(model, cases)
+    flat.data.copy_(torch.randn_like(flat))
+    model.train()
+    model(input_ids=cases["input_ids"][:1, :4])
+    model.eval()
+    after = _eval_logits(model, cases)
+    assert not torch.allclose(after, before)
+    with torch.no_grad():
+        hidden = model.model(input_ids=cases["input_ids"], attention_mask=cases["attention_mask"]).last_hidden_state
+        expected = torch.nn.functional.linear(hidden, torch.nn.functional.normalize(model.lm_head.weight, dim=-1))
+    torch.testing.assert_close(after, expected, **TOL)
+
+
+def test_z_loss_adds_the_mean_squared_max_logit(reference_dir, cases):
+    model = BaichuanForCausalLM.from_pretrained(str(reference_dir)).eval()
+    batch = dict(input_ids=cases["input_ids"], attention_mask=cases["attention_mask"], labels=cases["labels"])
+    with torch.no_grad():
+        plain = model(**batch)
+        model.config.z_loss_weight = 0.5
+        with_z = model(**batch)
+        sparse = model(**batch, logits_at_labels_only=True)
+    every_position = plain.logits[:, :-1].reshape(-1, 512).max(-1).values.pow(2).mean()
+    torch.testing.assert_close(with_z.loss, plain.loss + 0.5 * every_position, **TOL)
+    label_positions = sparse.logits.max(-1).values.pow(2).mean()
+    torch.testing.assert_close(sparse.loss, plain.loss + 0.5 * label_positions, **TOL)
