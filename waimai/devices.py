@@ -40,8 +40,14 @@ def _import_torch_npu() -> bool:
     """Import torch_npu when it is installed; it registers `torch.npu`."""
     if importlib.util.find_spec("torch_npu") is None:
         return False
-    import torch_npu  # noqa: F401
-
+    try:
+        import torch_npu  # noqa: F401
+    except (ImportError, OSError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise SystemExit(
+            f"error: torch_npu is installed but failed to load ({reason}); source CANN's set_env.sh "
+            "(e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh) or install the torch_npu that matches torch"
+        ) from None
     return True
 
 
