@@ -1,6 +1,9 @@
 import json
 
+import pytest
+
 from waimai.checkpoints import latest_complete_checkpoint, missing_model_files
+from waimai.fileio import DataError
 
 
 def _model_folder(path, with_state=True):
@@ -32,3 +35,10 @@ def test_missing_model_files_names_missing_shards(tmp_path):
     (tmp_path / "pytorch_model-00001-of-00002.bin").write_bytes(b"x")
     assert missing_model_files(tmp_path) == ["pytorch_model-00002-of-00002.bin"]
     assert missing_model_files(tmp_path / "nope") == [f"{tmp_path / 'nope'} (no such folder)"]
+
+
+def test_a_corrupt_index_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "pytorch_model.bin.index.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(DataError, match="pytorch_model.bin.index.json: not valid JSON"):
+        missing_model_files(tmp_path)

@@ -1,8 +1,9 @@
+import hashlib
 import json
 
 import pytest
 
-from waimai.fileio import DataError, atomic_writer, atomic_writers, read_jsonl, write_jsonl
+from waimai.fileio import DataError, atomic_writer, atomic_writers, read_json, read_jsonl, sha256_of, write_jsonl
 
 
 def test_atomic_writer_keeps_old_file_when_writing_fails(tmp_path):
@@ -66,3 +67,21 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     reference = tmp_path / "plain"
     reference.write_text("x")
     assert (tmp_path / "a.jsonl").stat().st_mode == reference.stat().st_mode
+
+
+def test_read_json_names_the_file_when_it_is_broken(tmp_path):
+    path = tmp_path / "run_manifest.json"
+    path.write_text('{"model": ', encoding="utf-8")
+    with pytest.raises(DataError, match=r"run_manifest.json: not valid JSON"):
+        read_json(path)
+    path.write_text("[1]", encoding="utf-8")
+    with pytest.raises(DataError, match="expected a JSON object"):
+        read_json(path)
+    with pytest.raises(DataError, match="file not found"):
+        read_json(tmp_path / "absent.json")
+
+
+def test_sha256_of_matches_hashlib(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"waimai" * 1000)
+    assert sha256_of(path) == hashlib.sha256(b"waimai" * 1000).hexdigest()

@@ -1,8 +1,9 @@
 """Model folders and Trainer checkpoints: what is complete, which is the latest."""
 
-import json
 import re
 from pathlib import Path
+
+from waimai.fileio import read_json
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 SINGLE_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -20,7 +21,7 @@ def missing_model_files(folder: str | Path) -> list[str]:
     for index_name in INDEX_FILES:
         index_path = folder / index_name
         if index_path.is_file():
-            shards = set(json.loads(index_path.read_text(encoding="utf-8"))["weight_map"].values())
+            shards = set(read_json(index_path).get("weight_map", {}).values())
             return missing + sorted(shard for shard in shards if not (folder / shard).is_file())
     return missing + ["weights (model.safetensors, pytorch_model.bin or a sharded index)"]
 

@@ -1,5 +1,6 @@
 """Atomic file writes and validated JSONL reading."""
 
+import hashlib
 import json
 import os
 import tempfile
@@ -72,6 +73,31 @@ def write_json(path: str | Path, payload: object) -> None:
 def write_jsonl(path: str | Path, records: list[dict]) -> None:
     with atomic_writer(path) as handle:
         dump_jsonl(records, handle)
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object; a missing file or bad JSON raises DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({getattr(error, 'msg', error)})") from None
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return payload
+
+
+def sha256_of(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_jsonl(

@@ -1,7 +1,5 @@
 """train.py's work: check the inputs, encode the data, train (resuming when possible), save model and reports."""
 
-import hashlib
-import json
 import os
 import resource
 import sys
@@ -20,7 +18,7 @@ from waimai.baichuan import BaichuanConfig, attention_implementation, check_mode
 from waimai.checkpoints import is_complete_checkpoint, latest_complete_checkpoint
 from waimai.collate import EncodedDataset, PaddingCollator
 from waimai.devices import compute_dtype, peak_memory_bytes, reset_peak_memory
-from waimai.fileio import DataError, write_json
+from waimai.fileio import DataError, read_json, sha256_of, write_json
 from waimai.train_args import DataArguments, ModelArguments, WaimaiTrainingArguments
 from waimai.train_data import EncodedSplit, load_split
 from waimai.train_report import plot_curves
@@ -47,20 +45,13 @@ def parse_args(argv: list[str] | None) -> tuple[ModelArguments, DataArguments, W
         raise DataError(str(error).strip().splitlines()[0]) from None
 
 
-def _sha256(path: str | Path) -> str:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def run_identity(model_dir: Path, data: DataArguments) -> dict:
     """What makes two runs the same run: model, data and encoding (hyperparameters may change on resume)."""
     return {
         "model": str(model_dir.resolve()),
-        "model_config_sha256": _sha256(model_dir / "config.json"),
-        "train_data_sha256": _sha256(data.train_data),
-        "eval_data_sha256": _sha256(data.eval_data) if data.eval_data else None,
+        "model_config_sha256": sha256_of(model_dir / "config.json"),
+        "train_data_sha256": sha256_of(data.train_data),
+        "eval_data_sha256": sha256_of(data.eval_data) if data.eval_data else None,
         "max_train_samples": data.max_train_samples,
         "model_max_length": data.model_max_length,
         "prompt_template": data.prompt_template,
@@ -72,7 +63,7 @@ def check_output_dir(output_dir: Path, identity: dict) -> None:
     """Refuse a folder that holds another run: a different manifest, or files but no manifest (logs aside)."""
     manifest = output_dir / MANIFEST_NAME
     if manifest.is_file():
-        recorded = json.loads(manifest.read_text(encoding="utf-8"))
+        recorded = read_json(manifest)
         for key, value in identity.items():
             if recorded.get(key) != value:
                 raise DataError(
@@ -103,7 +94,7 @@ def already_trained(output_dir: Path, checkpoint: str, args: WaimaiTrainingArgum
 
     Resumed at its last step with --max_steps, the Trainer would train one step more.
     """
-    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    state = read_json(Path(checkpoint) / "trainer_state.json")
     if args.max_steps > 0:
         planned_done = state["global_step"] >= args.max_steps
     else:
@@ -111,7 +102,7 @@ def already_trained(output_dir: Path, checkpoint: str, args: WaimaiTrainingArgum
     summary_path = output_dir / SUMMARY_NAME
     if not planned_done or not summary_path.is_file():
         return False
-    return json.loads(summary_path.read_text(encoding="utf-8"))["global_step"] == state["global_step"]
+    return read_json(summary_path).get("global_step") == state["global_step"]
 
 
 def _barrier() -> None:
@@ -241,6 +232,10 @@ def train(model_args: ModelArguments, data: DataArguments, args: WaimaiTrainingA
     resume = resolve_resume(args.resume_from_checkpoint, output_dir)
     if resume and already_trained(output_dir, resume, args):
         note(f"{output_dir} already holds this run's final model ({Path(resume).name}); nothing to train")
+        return 0
+    if not resume and (output_dir / SUMMARY_NAME).is_file():
+        note(f"{output_dir} already holds a finished run ({SUMMARY_NAME}) and no checkpoint to continue from; "
+             "nothing to train (choose another --output_dir to train again)")
         return 0
     trainer, train_split, eval_split = build_trainer(model_dir, data, args)
     _barrier()  # every process has checked output_dir before the manifest appears in it

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from waimai.fileio import DataError, atomic_writer, atomic_writers, dump_json, dump_jsonl
+from waimai.fileio import DataError, atomic_writer, atomic_writers, dump_json, dump_jsonl, sha256_of
 from waimai.prompting import LABEL_WORDS
 
 SOURCE_PAGE = "https://github.com/SophonPlus/ChineseNlpCorpus (datasets/waimai_10k)"
@@ -34,14 +34,6 @@ class Dataset:
     train: list[dict]
     eval: list[dict]
     stats: dict
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fetch_csv(dest: str | Path, url: str = DOWNLOAD_URL, sha256: str = WAIMAI_SHA256, timeout: float = 60.0) -> bool:
