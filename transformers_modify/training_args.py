@@ -40,7 +40,8 @@ def adapt_training_args(args: TrainingArguments, device: Device) -> None:
         raise DataError("--fp16 and --bf16 exclude each other")
     if args.bf16 and not device.bf16:
         if device.kind != "cpu":
-            raise DataError(f"--bf16: this {device.kind} device has no native bf16; drop --bf16 to train in fp32")
+            raise DataError(f"--bf16: this {device.kind} device has no native bf16; train in fp32 with "
+                            "--bf16 false (BF16=false bash ds_run_bf16.sh)")
         if os.environ.get(FORCE_CPU_BF16) == "1":
             note(f"{FORCE_CPU_BF16}=1: bf16 on a CPU without native bf16 is emulated and very slow")
         else:
