@@ -10,9 +10,17 @@ from rich.console import Console
 from waimai.baichuan import check_model_dir
 from waimai.cli import HelpFormatter, report_errors, whole_number
 from waimai.devices import compute_dtype, detect_device, prepare_device
-from waimai.evaluation import EvalSettings, evaluate_model, resolve_tuned_model
+from waimai.evaluation import (
+    PROMPT_SETTINGS,
+    TRAIN_DEFAULTS,
+    EvalSettings,
+    evaluate_model,
+    prompt_settings,
+    resolve_tuned_model,
+    training_manifest,
+)
 from waimai.fileio import DataError, read_jsonl
-from waimai.report import examples_table, results_payload, summary_table, write_outputs
+from waimai.report import examples_table, prompt_line, results_payload, summary_table, write_outputs
 
 REPO_ROOT = Path(__file__).resolve().parent
 
@@ -24,7 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Prints a table of a few reviews with each model's greedy answer, then, over the whole eval file, "
             "the accuracy, per-class precision/recall/F1, macro-F1 and confusion matrix of label scoring (which "
             "label word, 积极 or 消极, gets the higher log-probability after the prompt; for the base model this "
-            "is its zero-shot accuracy) and how often the generated answer is a label word. Writes "
+            "is its zero-shot accuracy) and how often the generated answer is a label word. Both models get "
+            "the prompts the tuned model was trained with: template, label words and --model_max_length come "
+            "from the run_manifest.json train.py wrote beside it (or beside its checkpoint-N folder) unless "
+            "given here. Writes "
             "eval_results.json, eval_report.md and confusion_matrix.png to --output_dir. Uses the NPU or GPU "
             "when there is one (bf16 where supported), else the CPU (fp32). Default paths are inside this "
             "repository, wherever you run it from; paths you pass are relative to the current directory."
@@ -48,9 +59,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tokens each model generates per review (greedy)")
     parser.add_argument("--batch_size", type=whole_number(1), default=16,
                         help="reviews per forward pass, for label scoring and for generation")
-    parser.add_argument("--model_max_length", type=whole_number(8), default=1024,
-                        help="most tokens of prompt + answer + eos, as train.py's --model_max_length: "
-                             "longer reviews are cut exactly as in training")
+    parser.add_argument("--prompt_template", default=None,
+                        help="prompt text around the review, as train.py's --prompt_template (must contain "
+                             "{review} once); default: the tuned model's training run, else "
+                             f"{TRAIN_DEFAULTS.prompt_template!r}")
+    parser.add_argument("--label_words", default=None,
+                        help="answer words, positive first, comma-separated, as train.py's --label_words (eval "
+                             "labels 积极/消极 are mapped to them in order); default: the tuned model's training "
+                             f"run, else {TRAIN_DEFAULTS.label_words}")
+    parser.add_argument("--model_max_length", type=whole_number(8), default=None,
+                        help="most tokens of prompt + answer + eos, as train.py's --model_max_length: longer "
+                             "reviews are cut exactly as in training; default: the tuned model's training run, "
+                             f"else {TRAIN_DEFAULTS.model_max_length}")
     parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "outputs",
                         help="folder for eval_results.json, eval_report.md and confusion_matrix.png")
     parser.add_argument("--fp32", action="store_true",
@@ -74,12 +94,15 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
     shown = read_jsonl(args.eval_data, required_keys=("review",))[: args.max_samples][: args.num_examples]
     tuned_model = args.tuned_model or resolve_tuned_model(args.train_output_dir)
     model_dirs = {"base": check_model_dir(args.base_model), "tuned": check_model_dir(tuned_model)}
+    manifest = training_manifest(model_dirs["tuned"])
+    prompt, sources = prompt_settings({key: getattr(args, key) for key in PROMPT_SETTINGS}, manifest)
     check_output_folder(args.output_dir)
     device = detect_device()
     prepare_device(device)
     dtype = compute_dtype(device, want_bf16=not args.fp32)
     dtype_name = str(dtype).removeprefix("torch.")
-    settings = EvalSettings(args.batch_size, args.max_new_tokens, args.model_max_length, args.max_samples)
+    settings = EvalSettings(args.batch_size, args.max_new_tokens, args.max_samples, **prompt)
+    console.print("prompt settings: " + prompt_line(prompt, sources, manifest), markup=False, soft_wrap=True)
     evaluations = {}
     for name, model_dir in model_dirs.items():
         console.rule(f"{name} model: {model_dir} ({device.kind}, {dtype_name})")
@@ -89,7 +112,9 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
             f"generation {evaluation.generation['reviews_per_s']:.1f} reviews/s"
         )
     reviews = [record["review"] for record in shown]
-    payload = results_payload(str(args.eval_data), reviews, evaluations, settings, device.kind, dtype_name)
+    payload = results_payload(
+        str(args.eval_data), reviews, evaluations, settings, sources, manifest, device.kind, dtype_name
+    )
     console.print(examples_table(payload))
     console.print(summary_table(payload))
     return write_outputs(args.output_dir, payload)
@@ -101,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def compare() -> int:
         written = run(args, console)
-        console.print("wrote " + ", ".join(str(path) for path in written))
+        console.print("wrote " + ", ".join(str(path) for path in written), markup=False, soft_wrap=True)
         return 0
 
     return report_errors(compare)

@@ -2,6 +2,7 @@
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,31 @@ def baichuan_tokenizer_model() -> Path:
 def reference_dir() -> Path:
     """The tiny official-layout Baichuan2 checkpoint and reference outputs (copied into tests/)."""
     return FIXTURES_DIR / "baichuan2_reference"
+
+
+@pytest.fixture(scope="session")
+def make_review_data(waimai_csv, tmp_path_factory) -> Callable[[int, int], Path]:
+    """`make_review_data(train_per_label, eval_per_label)`: a new folder with train.jsonl and eval.jsonl.
+
+    They hold that many positive and that many negative reviews of the real waimai_10k.csv, in make_data.py's format.
+    """
+    from tests.review_samples import write_review_split
+
+    def make(train_per_label: int, eval_per_label: int) -> Path:
+        folder = tmp_path_factory.mktemp("reviews")
+        return write_review_split(waimai_csv, folder, train_per_label, eval_per_label)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_tiny_base(tmp_path_factory) -> Callable[..., Path]:
+    """`make_tiny_base(data_dir, **options)`: a new tiny demo base model (waimai.tiny) built from data_dir/train.jsonl."""
+    from waimai.tiny import build_tiny_base  # here, not above: it imports torch, which most tests never need
+
+    def make(data_dir: Path, **options) -> Path:
+        path = tmp_path_factory.mktemp("models") / "tiny-base"
+        build_tiny_base(data_dir / "train.jsonl", path, **options)
+        return path
+
+    return make

@@ -18,3 +18,10 @@ def write_reviews(csv_path: Path, path: Path, per_label: int, skip: int = 0) -> 
                 record = {"review": by_label[label][index], "label": LABEL_WORDS[label]}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+def write_review_split(csv_path: Path, folder: Path, train_per_label: int, eval_per_label: int) -> Path:
+    """`folder`/train.jsonl and `folder`/eval.jsonl; the eval reviews follow the training ones, so none is in both."""
+    write_reviews(csv_path, folder / "train.jsonl", per_label=train_per_label)
+    write_reviews(csv_path, folder / "eval.jsonl", per_label=eval_per_label, skip=train_per_label)
+    return folder

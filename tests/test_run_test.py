@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from run_test import main
-from waimai.evaluation import resolve_tuned_model
-from waimai.fileio import DataError, write_jsonl
+from waimai.baichuan import BaichuanConfig, load_tokenizer
+from waimai.evaluation import PROMPT_SETTINGS, resolve_tuned_model, training_manifest
+from waimai.fileio import DataError, write_json, write_jsonl
+from waimai.prompting import PromptFormat
 from waimai.tiny import build_tiny_base
 
 REVIEWS = [
@@ -91,11 +94,18 @@ def test_end_to_end_table_metrics_and_files(demo):
         assert sum(map(sum, scoring["confusion_matrix"]["counts"])) == len(REVIEWS)
         assert scoring["num_other"] == 0  # label scoring always picks a label word
         assert sum(map(sum, generation["metrics"]["confusion_matrix"]["counts"])) == len(REVIEWS)
+    assert payload["training_manifest"] is None  # no run_manifest.json: train.py's defaults
+    assert {key: payload["settings"][key] for key in PROMPT_SETTINGS} == {
+        "prompt_template": "{review} -> ", "label_words": "积极,消极", "model_max_length": 1024
+    }
+    assert set(payload["setting_sources"].values()) == {"default"}
+    assert "no run_manifest.json beside the tuned model" in " ".join(result.stdout.split())
     assert [example["review"] for example in payload["examples"]] == [review for review, _ in REVIEWS[:3]]
     assert all(set(example) == {"review", "label", "base", "tuned"} for example in payload["examples"])
 
     report = (output_dir / "eval_report.md").read_text(encoding="utf-8")
     assert "| review | label | base | tune |" in report and "![confusion matrices](confusion_matrix.png)" in report
+    assert "Prompt settings: template '{review} -> ' (default), label words 积极,消极 (default)" in report
     assert (output_dir / "confusion_matrix.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert not list(output_dir.glob(".*.tmp"))
 
@@ -180,3 +190,91 @@ def test_unwritable_output_dir_fails_before_evaluation(demo, tmp_path, capsys):
                  "--eval_data", str(demo["eval_data"]), "--output_dir", str(blocker / "outputs")])
     assert code == 2
     assert capsys.readouterr().err.strip() == f"error: --output_dir {blocker / 'outputs'}: {blocker} is not a folder"
+
+
+LONG_TEMPLATE = "以下是一条外卖平台上的用户评论，请判断这位顾客的情感倾向。评论：{review} -> "
+
+
+@pytest.fixture
+def run_with_manifest(demo, tmp_path) -> Path:
+    """A training output folder like train.py's: checkpoint-3 plus a run_manifest.json with non-default prompts.
+
+    Its model_max_length is the longest eval example with the default template, so only another template cuts.
+    """
+    tokenizer = load_tokenizer(demo["base"])
+    prompt_format = PromptFormat.from_config(BaichuanConfig.from_pretrained(demo["base"]))
+    longest = max(
+        len(prompt_format.encode_example(tokenizer, review, word, max_length=10_000).input_ids)
+        for review, _ in REVIEWS
+        for word in ("好评", "差评", "good", "bad")
+    )
+    folder = tmp_path / "train_output"
+    shutil.copytree(demo["train_output_dir"] / "checkpoint-3", folder / "checkpoint-3")
+    write_json(folder / "run_manifest.json", {"prompt_template": LONG_TEMPLATE, "label_words": "好评,差评",
+                                              "model_max_length": longest})
+    return folder
+
+
+def _compare(demo, train_output_dir: Path, output_dir: Path, *flags: str) -> dict:
+    code = main(["--base_model", str(demo["base"]), "--train_output_dir", str(train_output_dir),
+                 "--eval_data", str(demo["eval_data"]), "--output_dir", str(output_dir), "--num_examples", "1",
+                 "--max_new_tokens", "2", *flags])
+    assert code == 0
+    return json.loads((output_dir / "eval_results.json").read_text(encoding="utf-8"))
+
+
+def test_both_models_get_the_prompts_the_tuned_model_was_trained_with(demo, run_with_manifest, tmp_path, capsys):
+    payload = _compare(demo, run_with_manifest, tmp_path / "outputs")
+    manifest = run_with_manifest / "run_manifest.json"
+    assert payload["training_manifest"] == str(manifest)
+    assert payload["settings"]["prompt_template"] == LONG_TEMPLATE
+    assert payload["setting_sources"] == dict.fromkeys(PROMPT_SETTINGS, "training run")
+    assert payload["label_words"] == ["好评", "差评"]  # the eval file's 积极/消极, mapped in order
+    assert payload["label_counts"] == {"好评": 5, "差评": 6} and payload["examples"][0]["label"] == "好评"
+    for model in payload["models"].values():
+        assert set(model["scoring"]["per_class"]) == {"好评", "差评"}
+        assert model["truncated_prompts"] > 0  # the long template no longer fits the run's model_max_length
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"prompt settings: template {LONG_TEMPLATE!r} (training run), label words 好评,差评 (training run)" in printed
+    assert f"training run settings read from {manifest}" in printed
+
+
+def test_flags_override_the_training_run(demo, run_with_manifest, tmp_path):
+    payload = _compare(demo, run_with_manifest, tmp_path / "outputs", "--prompt_template", "{review} -> ",
+                       "--label_words", "good, bad")
+    assert payload["setting_sources"] == {"prompt_template": "command line", "label_words": "command line",
+                                          "model_max_length": "training run"}
+    assert payload["label_words"] == ["good", "bad"] and payload["label_counts"] == {"good": 5, "bad": 6}
+    assert all(model["truncated_prompts"] == 0 for model in payload["models"].values())
+
+
+def test_training_manifest_is_beside_the_model_or_its_checkpoint_folder(tmp_path):
+    (tmp_path / "run" / "checkpoint-20").mkdir(parents=True)
+    (tmp_path / "run" / "other").mkdir()
+    assert training_manifest(tmp_path / "run") is None
+    (tmp_path / "run" / "run_manifest.json").write_text("{}", encoding="utf-8")
+    assert training_manifest(tmp_path / "run") == tmp_path / "run" / "run_manifest.json"
+    assert training_manifest(tmp_path / "run" / "checkpoint-20") == tmp_path / "run" / "run_manifest.json"
+    assert training_manifest(tmp_path / "run" / "other") is None  # only a checkpoint-N belongs to its parent's run
+
+
+@pytest.mark.parametrize(
+    "flags, manifest_text, message",
+    [
+        (("--label_words", "积极"), "{}", "--label_words '积极': give two or more different, non-empty words"),
+        (("--prompt_template", "no review"), "{}",
+         "--prompt_template: prompt template must contain '{review}' once: 'no review'"),
+        ((), '{"label_words": "积极,消极",', "{manifest}: not valid JSON (Expecting"),
+        ((), '{"model_max_length": "256"}', "{manifest}: model_max_length '256' is not a whole number"),
+    ],
+)
+def test_bad_prompt_settings_are_named(demo, tmp_path, capsys, flags, manifest_text, message):
+    train_output_dir = tmp_path / "train_output"
+    shutil.copytree(demo["train_output_dir"] / "checkpoint-3", train_output_dir / "checkpoint-3")
+    manifest = train_output_dir / "run_manifest.json"
+    manifest.write_text(manifest_text, encoding="utf-8")
+    code = main(["--base_model", str(demo["base"]), "--train_output_dir", str(train_output_dir),
+                 "--eval_data", str(demo["eval_data"]), "--output_dir", str(tmp_path / "outputs"), *flags])
+    assert code == 2
+    assert not (tmp_path / "outputs").exists()
+    assert capsys.readouterr().err.strip().startswith("error: " + message.replace("{manifest}", str(manifest)))

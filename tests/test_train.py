@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.review_samples import write_reviews
 from waimai.baichuan import load_model, load_tokenizer
 from waimai.checkpoints import latest_complete_checkpoint, missing_deepspeed_files
 from waimai.collate import PaddingCollator
 from waimai.fileio import DataError
 from waimai.prompting import IGNORE_INDEX, PromptFormat
 from waimai.scoring import label_log_probs
-from waimai.tiny import build_tiny_base
 from waimai.train_data import answer_word, load_split
 from waimai.training import (
     MANIFEST_NAME,
@@ -34,18 +32,13 @@ from waimai.training import (
 
 
 @pytest.fixture(scope="module")
-def data_dir(waimai_csv, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("reviews")
-    write_reviews(waimai_csv, folder / "train.jsonl", per_label=60)
-    write_reviews(waimai_csv, folder / "eval.jsonl", per_label=16, skip=60)
-    return folder
+def data_dir(make_review_data):
+    return make_review_data(train_per_label=60, eval_per_label=16)  # small: one-process runs of a few steps
 
 
 @pytest.fixture(scope="module")
-def tiny_base(data_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "tiny-base"
-    build_tiny_base(data_dir / "train.jsonl", path, vocab_size=2000)
-    return path
+def tiny_base(data_dir, make_tiny_base):
+    return make_tiny_base(data_dir, vocab_size=2000)
 
 
 def _flags(tiny_base, data_dir, output_dir, *extra):

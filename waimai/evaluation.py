@@ -6,22 +6,29 @@ from pathlib import Path
 import torch
 
 from waimai.baichuan import BaichuanConfig, attention_implementation, load_model, load_tokenizer
-from waimai.checkpoints import latest_complete_checkpoint, missing_model_files
+from waimai.checkpoints import CHECKPOINT_PATTERN, latest_complete_checkpoint, missing_model_files
 from waimai.devices import Device, timed
-from waimai.fileio import DataError
+from waimai.fileio import DataError, read_json
 from waimai.generation import greedy_generate, parse_answer
 from waimai.metrics import OTHER, classification_metrics
-from waimai.prompting import PromptFormat
 from waimai.scoring import label_log_probs
+from waimai.train_args import DataArguments, prompt_format_from_flags
 from waimai.train_data import load_split
+from waimai.training import MANIFEST_NAME
+
+PROMPT_SETTINGS = ("prompt_template", "label_words", "model_max_length")  # train.py flags that shape the prompts
+TRAIN_DEFAULTS = DataArguments()  # train.py's defaults: the settings neither a flag nor a training manifest gives
+TYPE_NAMES = {str: "text", int: "a whole number"}
 
 
 @dataclass(frozen=True)
 class EvalSettings:
     batch_size: int
     max_new_tokens: int
-    model_max_length: int  # prompt + answer tokens; longer reviews are cut as in training
     max_samples: int | None  # evaluate only the first N records
+    prompt_template: str  # as train.py's --prompt_template
+    label_words: str  # as train.py's --label_words: comma-separated, positive first
+    model_max_length: int  # prompt + answer tokens; longer reviews are cut as in training
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,41 @@ def resolve_tuned_model(train_output_dir: str | Path) -> Path:
     return checkpoint
 
 
+def training_manifest(tuned_model: str | Path) -> Path | None:
+    """The run_manifest.json train.py wrote with the tuned model: in its folder, or in the parent of a checkpoint-N."""
+    tuned_model = Path(tuned_model)
+    folders = [tuned_model, tuned_model.parent] if CHECKPOINT_PATTERN.match(tuned_model.name) else [tuned_model]
+    return next((folder / MANIFEST_NAME for folder in folders if (folder / MANIFEST_NAME).is_file()), None)
+
+
+def _recorded_settings(manifest: Path) -> dict:
+    """The PROMPT_SETTINGS a training manifest holds; a malformed manifest is a DataError naming the file."""
+    recorded = read_json(manifest)
+    settings = {key: recorded[key] for key in PROMPT_SETTINGS if key in recorded}
+    for key, value in settings.items():
+        expected = type(getattr(TRAIN_DEFAULTS, key))
+        if type(value) is not expected:
+            raise DataError(f"{manifest}: {key} {value!r} is not {TYPE_NAMES[expected]}")
+    return settings
+
+
+def prompt_settings(given: dict, manifest: Path | None) -> tuple[dict, dict]:
+    """Each of PROMPT_SETTINGS: the value `given` (unless None), else the training manifest's, else train.py's default.
+
+    Returns the values and, for each, where it came from: "command line", "training run" or "default".
+    """
+    recorded = _recorded_settings(manifest) if manifest else {}
+    values, sources = {}, {}
+    for key in PROMPT_SETTINGS:
+        if given.get(key) is not None:
+            values[key], sources[key] = given[key], "command line"
+        elif key in recorded:
+            values[key], sources[key] = recorded[key], "training run"
+        else:
+            values[key], sources[key] = getattr(TRAIN_DEFAULTS, key), "default"
+    return values, sources
+
+
 def evaluate_model(
     model_dir: str | Path, eval_data: str | Path, device: Device, dtype: torch.dtype, settings: EvalSettings
 ) -> ModelEvaluation:
@@ -57,7 +99,8 @@ def evaluate_model(
     The eval file is read and encoded before the weights are loaded, so a bad record is reported at once.
     """
     tokenizer = load_tokenizer(model_dir)
-    prompt_format = PromptFormat.from_config(BaichuanConfig.from_pretrained(str(model_dir)))
+    config = BaichuanConfig.from_pretrained(str(model_dir))
+    prompt_format = prompt_format_from_flags(config, settings.prompt_template, settings.label_words)
     split = load_split(eval_data, tokenizer, prompt_format, settings.model_max_length, settings.max_samples)
     prompts, gold, label_words = split.prompts(), split.answers, prompt_format.label_words
     model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))

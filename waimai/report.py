@@ -11,12 +11,13 @@ from rich.table import Table
 
 from waimai.evaluation import EvalSettings, ModelEvaluation
 from waimai.fileio import atomic_writer, write_json
+from waimai.training import MANIFEST_NAME
 
 RESULTS_JSON = "eval_results.json"
 REPORT_MD = "eval_report.md"
 CONFUSION_PNG = "confusion_matrix.png"
 MODEL_TITLES = {"base": "base (zero-shot)", "tuned": "tuned"}
-ENGLISH_NAMES = {"积极": "positive", "消极": "negative"}  # tick labels when no installed font has CJK glyphs
+POSITION_NAMES = ("positive", "negative")  # stand-ins for two label words (positive first) no font can draw
 PLACEHOLDER_FONTS = ("Last Resort",)  # fonts that map every character to a placeholder box
 
 
@@ -25,10 +26,16 @@ def results_payload(
     reviews: list[str],
     evaluations: dict[str, ModelEvaluation],
     settings: EvalSettings,
+    setting_sources: dict[str, str],
+    training_manifest: Path | None,
     device_kind: str,
     dtype_name: str,
 ) -> dict:
-    """Everything eval_results.json holds (`reviews`: the first eval reviews, shown as examples)."""
+    """Everything eval_results.json holds (`reviews`: the first eval reviews, shown as examples).
+
+    `setting_sources`: where each prompt setting came from (see evaluation.prompt_settings); `training_manifest`:
+    the tuned model's run_manifest.json, if any.
+    """
     first = next(iter(evaluations.values()))
     label_words, gold = first.label_words, first.gold
     label_counts = Counter(gold)
@@ -42,6 +49,8 @@ def results_payload(
         "device": device_kind,
         "dtype": dtype_name,
         "settings": asdict(settings),
+        "setting_sources": setting_sources,
+        "training_manifest": None if training_manifest is None else str(training_manifest),
         "models": {
             name: {
                 "path": evaluation.model_dir,
@@ -57,6 +66,19 @@ def results_payload(
             for index, review in enumerate(reviews)
         ],
     }
+
+
+def prompt_line(settings: dict, setting_sources: dict[str, str], training_manifest: str | Path | None) -> str:
+    """The prompt settings both models are evaluated with and where each came from, as one line of text."""
+    shown = {
+        "prompt_template": f"template {settings['prompt_template']!r}",
+        "label_words": f"label words {settings['label_words']}",
+        "model_max_length": f"model_max_length {settings['model_max_length']}",
+    }
+    line = ", ".join(f"{text} ({setting_sources[key]})" for key, text in shown.items())
+    if training_manifest is None:
+        return line + f"; no {MANIFEST_NAME} beside the tuned model"
+    return line + f"; training run settings read from {training_manifest}"
 
 
 def _percent(value: float) -> str:
@@ -145,6 +167,8 @@ def markdown_report(payload: dict) -> str:
         "",
         "Models: " + "; ".join(f"{name} `{model['path']}`" for name, model in payload["models"].items()) + ".",
         "",
+        f"Prompt settings: {prompt_line(settings, payload['setting_sources'], payload['training_manifest'])}.",
+        "",
         "## Examples",
         "",
         *_markdown_table(
@@ -191,9 +215,16 @@ def _font_covering(text: str) -> str | None:
     return None
 
 
-def _tick_names(words: list[str], font: str | None) -> list[str]:
-    """Label words as tick labels, in English when no installed font can draw them."""
-    return words if font else [ENGLISH_NAMES.get(word, word) for word in words]
+def _tick_names(words: list[str], font: str | None, label_words: list[str]) -> list[str]:
+    """Label words as tick labels; when no installed font can draw them, ASCII stand-ins by position."""
+    if font:
+        return words
+    stand_ins = POSITION_NAMES if len(label_words) == len(POSITION_NAMES) else None
+    names = {
+        word: word if word.isascii() else stand_ins[index] if stand_ins else f"label {index + 1}"
+        for index, word in enumerate(label_words)
+    }
+    return [names.get(word, word) for word in words]
 
 
 def draw_confusion_matrices(payload: dict, handle) -> None:
@@ -208,7 +239,8 @@ def draw_confusion_matrices(payload: dict, handle) -> None:
     axes = figure.subplots(len(payload["models"]), 2, squeeze=False)
     for axis, (title, confusion) in zip(axes.flat, panels):
         columns, counts = _shown_confusion(confusion)
-        row_names, column_names = _tick_names(confusion["rows"], font), _tick_names(columns, font)
+        row_names = _tick_names(confusion["rows"], font, payload["label_words"])
+        column_names = _tick_names(columns, font, payload["label_words"])
         axis.imshow(counts, cmap="Blues", vmin=0)
         axis.set_title(title)
         axis.set_xticks(range(len(column_names)), column_names, fontfamily=font)

@@ -20,6 +20,17 @@ class ModelArguments:
     )
 
 
+def prompt_format_from_flags(config, prompt_template: str, label_words: str) -> PromptFormat:
+    """The prompt format of the --prompt_template and --label_words texts; a bad one is a DataError naming the flag."""
+    words = tuple(word.strip() for word in label_words.split(","))
+    if len(words) < 2 or not all(words) or len(set(words)) != len(words):
+        raise DataError(f"--label_words {label_words!r}: give two or more different, non-empty words")
+    try:
+        return PromptFormat.from_config(config, template=prompt_template, label_words=words)
+    except ValueError as error:
+        raise DataError(f"--prompt_template: {error}") from None
+
+
 @dataclass
 class DataArguments:
     train_data: str = field(
@@ -73,13 +84,7 @@ class DataArguments:
 
     def prompt_format(self, config) -> PromptFormat:
         """The prompt format with the model's special tokens; a bad template or word list is a DataError."""
-        words = tuple(word.strip() for word in self.label_words.split(","))
-        if len(words) < 2 or not all(words) or len(set(words)) != len(words):
-            raise DataError(f"--label_words {self.label_words!r}: give two or more different, non-empty words")
-        try:
-            return PromptFormat.from_config(config, template=self.prompt_template, label_words=words)
-        except ValueError as error:
-            raise DataError(f"--prompt_template: {error}") from None
+        return prompt_format_from_flags(config, self.prompt_template, self.label_words)
 
 
 @dataclass
