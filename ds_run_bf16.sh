@@ -14,15 +14,26 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source waimai/launch.sh
+case "${1:-}" in -h | --help)
+    waimai_usage ds_run_bf16.sh
+    echo "train.py's own flags: python train.py --help"
+    exit 0 ;;
+esac
 waimai_setup_device
 waimai_select_model
 
 TRAIN_DATA="${TRAIN_DATA:-data/train.jsonl}"
 EVAL_DATA="${EVAL_DATA-data/eval.jsonl}"
 DS_CONFIG="${DS_CONFIG:-ds_config_bf16.json}"
+if [ ! -f "$TRAIN_DATA" ]; then
+    echo "error: ${TRAIN_DATA}: file not found; make it with \`python make_data.py --download\`" >&2
+    exit 2
+fi
 if [ "$DEMO" = 1 ]; then  # a 1.4M-parameter model learns at a far higher rate, from larger batches
     : "${BATCH_SIZE:=16}" "${GRAD_ACCUM:=1}" "${LR:=1.5e-3}" "${MAX_LENGTH:=256}" "${GRADIENT_CHECKPOINTING:=false}"
     : "${EVAL_BATCH_SIZE:=64}" "${LOGGING_STEPS:=20}"
+    # The demo's settings were measured with 2 processes (global batch 32); more GPUs would change them.
+    if [ "$DEVICE_KIND" = cpu ] || [ "$DEVICE_COUNT" -ge 2 ]; then : "${NUM_DEVICES:=2}"; else : "${NUM_DEVICES:=1}"; fi
     waimai_ensure_demo_base "$TRAIN_DATA"
 else
     : "${BATCH_SIZE:=1}" "${GRAD_ACCUM:=4}" "${LR:=1e-5}" "${MAX_LENGTH:=1024}" "${GRADIENT_CHECKPOINTING:=true}"

@@ -9,10 +9,17 @@
 #
 # Without a model folder at MODEL (default models/Baichuan2-7B-Base) it compares the tiny demo models that
 # `bash ds_run_bf16.sh` builds and trains. EVAL_DATA (default data/eval.jsonl) is the eval file, as in
-# ds_run_bf16.sh. Relative paths are relative to the repository. Results go to outputs/ (--output_dir).
+# ds_run_bf16.sh. The prompt template, label words and length limit come from the training run's
+# run_manifest.json unless given as flags. Relative paths are relative to the repository. Results go to outputs/
+# (--output_dir).
 set -euo pipefail
 cd "$(dirname "$0")"
 source waimai/launch.sh
+case "${1:-}" in -h | --help)
+    waimai_usage run_test.sh
+    echo
+    exec "${PYTHON:-python}" run_test.py --help ;;
+esac
 waimai_setup_device
 waimai_select_model
 

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Tiny models on 2 shared cores: one thread per process is faster than torch's default (set before torch loads).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 if str(REPO_ROOT) not in sys.path:

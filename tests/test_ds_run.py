@@ -218,3 +218,22 @@ def test_npu_requested_without_cann_is_an_error(repo_root, tmp_path):
         pytest.skip("CANN is installed here")
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: WAIMAI_DEVICE=npu but CANN is not installed")
+
+
+def test_help_prints_usage_and_starts_nothing(repo_root, data_dir, tmp_path):
+    env = _env(tmp_path, data_dir)
+    result = _run(repo_root, env, "--help")
+    assert result.returncode == 0
+    assert "bash ds_run_bf16.sh --max_steps 100" in result.stdout
+    assert "python train.py --help" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_training_data_says_how_to_make_it(repo_root, data_dir, tmp_path):
+    env = _env(tmp_path, data_dir, TRAIN_DATA=str(tmp_path / "absent.jsonl"))
+    result = _run(repo_root, env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'absent.jsonl'}: file not found; make it with `python make_data.py --download`"
+    )
+    assert not (tmp_path / "tiny-base").exists() and not (tmp_path / "tuned").exists()

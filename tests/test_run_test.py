@@ -115,6 +115,14 @@ def test_shell_without_demo_model_says_to_train_first(demo):
     assert_one_line_error(result, "no demo model", "ds_run_bf16.sh")
 
 
+def test_shell_help_shows_both_usages_and_evaluates_nothing(demo):
+    result = run_shell_demo(demo, demo["root"] / "no-demo-model", "--help")
+    assert result.returncode == 0
+    assert "bash run_test.sh --max_samples 200" in result.stdout
+    assert "--prompt_template" in result.stdout
+    assert "No Baichuan2 model" not in result.stdout
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

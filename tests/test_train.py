@@ -230,6 +230,15 @@ def test_training_writes_model_reports_and_rerunning_resumes(tiny_base, data_dir
              if "loss" in entry]
     assert steps == [1, 2, 3]  # the log of the first session is kept, step 3 trained once more
 
+    # a finished run with no checkpoint left (e.g. --save_strategy no): the same command never trains over it
+    for checkpoint in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    weights = (output_dir / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(flags) == 0
+    assert "already holds a finished run (train_summary.json) and no checkpoint" in capsys.readouterr().err
+    assert (output_dir / "model.safetensors").read_bytes() == weights
+
 
 @pytest.mark.parametrize("change, message", [
     (("--model_name_or_path", "/nonexistent/model"), "model folder /nonexistent/model is missing or incomplete"),

@@ -7,6 +7,7 @@
 #                            output/demo/tiny-base) and DEMO_OUTPUT_DIR (default output/demo/tiny-tuned)
 #   waimai_ensure_demo_base TRAIN_JSONL
 #                            in the demo, builds the tiny base model from TRAIN_JSONL unless it exists
+#   waimai_usage SCRIPT      prints SCRIPT's leading comment block (its --help text)
 # Each returns non-zero after printing a one-line error. PYTHON picks the interpreter (default: python).
 
 waimai_setup_device() {
@@ -65,4 +66,8 @@ waimai_ensure_demo_base() {
         return 0
     fi
     "${PYTHON:-python}" -m waimai.tiny --train_data "$train_data" --output_dir "$BASE_MODEL"
+}
+
+waimai_usage() {
+    sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$1"
 }

@@ -1,5 +1,6 @@
 """run_test's outputs: the results JSON, the Markdown report, the confusion-matrix PNG and the console tables."""
 
+import io
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -10,7 +11,7 @@ from matplotlib.ft2font import FT2Font
 from rich.table import Table
 
 from waimai.evaluation import EvalSettings, ModelEvaluation
-from waimai.fileio import atomic_writer, write_json
+from waimai.fileio import atomic_writers, dump_json
 from waimai.training import MANIFEST_NAME
 
 RESULTS_JSON = "eval_results.json"
@@ -257,12 +258,14 @@ def draw_confusion_matrices(payload: dict, handle) -> None:
 
 
 def write_outputs(output_dir: str | Path, payload: dict) -> list[Path]:
-    """eval_results.json, eval_report.md and confusion_matrix.png, each written to a temporary file and renamed."""
+    """eval_results.json, eval_report.md and confusion_matrix.png: all replaced together, or none of them."""
     output_dir = Path(output_dir)
     paths = [output_dir / RESULTS_JSON, output_dir / REPORT_MD, output_dir / CONFUSION_PNG]
-    write_json(paths[0], payload)
-    with atomic_writer(paths[1]) as handle:
-        handle.write(markdown_report(payload))
-    with atomic_writer(paths[2], mode="wb") as handle:
-        draw_confusion_matrices(payload, handle)
+    results, figure = io.StringIO(), io.BytesIO()
+    dump_json(payload, results)
+    draw_confusion_matrices(payload, figure)
+    contents = [results.getvalue().encode("utf-8"), markdown_report(payload).encode("utf-8"), figure.getvalue()]
+    with atomic_writers(paths, mode="wb") as handles:
+        for handle, content in zip(handles, contents):
+            handle.write(content)
     return paths
