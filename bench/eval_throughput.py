@@ -36,11 +36,11 @@ from waimai.devices import (  # noqa: E402
     prepare_device,
     timed,
 )
-from waimai.evaluation import resolve_tuned_model  # noqa: E402
+from waimai.evaluation import prompt_settings, resolve_tuned_model, training_manifest  # noqa: E402
 from waimai.fileio import DataError  # noqa: E402
 from waimai.generation import greedy_generate, parse_answer  # noqa: E402
-from waimai.prompting import PromptFormat  # noqa: E402
 from waimai.scoring import label_log_probs  # noqa: E402
+from waimai.train_args import prompt_format_from_flags  # noqa: E402
 from waimai.train_data import load_split  # noqa: E402
 
 DEMO_MODEL = REPO_ROOT / "output" / "demo" / "tiny-tuned"
@@ -71,7 +71,11 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     for line in header_lines(device, dtype):
         print(line, flush=True)
     tokenizer = load_tokenizer(model_dir)
-    prompt_format = PromptFormat.from_config(BaichuanConfig.from_pretrained(str(model_dir)))
+    # The prompts the model was trained with (its run_manifest.json), as run_test.py uses them.
+    settings, _ = prompt_settings({"model_max_length": args.model_max_length}, training_manifest(model_dir))
+    args.model_max_length = settings["model_max_length"]
+    config = BaichuanConfig.from_pretrained(str(model_dir))
+    prompt_format = prompt_format_from_flags(config, settings["prompt_template"], settings["label_words"])
     label_words = prompt_format.label_words
     with tempfile.TemporaryDirectory(prefix="eval_throughput.") as workdir:
         eval_file = split_jsonl(args.data, "eval", Path(workdir))
@@ -169,9 +173,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=whole_number(), default=16, help="label scoring: reviews per forward pass")
     parser.add_argument("--max_new_tokens", type=whole_number(), default=5,
                         help="generation: tokens generated per review, as the original")
-    parser.add_argument("--model_max_length", type=whole_number(), default=1024,
-                        help="most tokens of prompt + answer + eos: longer reviews are cut as in training "
-                             "and run_test.py")
+    parser.add_argument("--model_max_length", type=whole_number(), default=None,
+                        help="most tokens of prompt + answer + eos: longer reviews are cut as in training and "
+                             "run_test.py (default: the training run's, from its run_manifest.json, else 1024)")
     parser.add_argument("--rounds", type=whole_number(), default=2,
                         help="rounds; each times both methods over all reviews")
     parser.add_argument("--fp32", action="store_true", help="compute in fp32 even on a device with native bf16")
