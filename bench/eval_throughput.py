@@ -23,12 +23,6 @@ from bench.common import (  # noqa: E402
     header_lines,
     split_jsonl,
 )
-from waimai.baichuan import (  # noqa: E402
-    BaichuanConfig,
-    attention_implementation,
-    load_model,
-    load_tokenizer,
-)
 from waimai.cli import HelpFormatter, report_errors, whole_number  # noqa: E402
 from waimai.devices import (  # noqa: E402
     compute_dtype,
@@ -36,12 +30,17 @@ from waimai.devices import (  # noqa: E402
     prepare_device,
     timed,
 )
-from waimai.evaluation import prompt_settings, resolve_tuned_model, training_manifest  # noqa: E402
+from waimai.evaluation import (  # noqa: E402
+    EvalSettings,
+    encode_eval_data,
+    load_for_inference,
+    prompt_settings,
+    resolve_tuned_model,
+    training_manifest,
+)
 from waimai.fileio import DataError  # noqa: E402
 from waimai.generation import greedy_generate, parse_answer  # noqa: E402
 from waimai.scoring import label_log_probs  # noqa: E402
-from waimai.train_args import prompt_format_from_flags  # noqa: E402
-from waimai.train_data import load_split  # noqa: E402
 
 DEMO_MODEL = REPO_ROOT / "output" / "demo" / "tiny-tuned"
 HOW_TO_MAKE_DEMO = (
@@ -70,19 +69,16 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     dtype = compute_dtype(device, want_bf16=not args.fp32)
     for line in header_lines(device, dtype):
         print(line, flush=True)
-    tokenizer = load_tokenizer(model_dir)
     # The prompts the model was trained with (its run_manifest.json), as run_test.py uses them.
-    settings, _ = prompt_settings({"model_max_length": args.model_max_length}, training_manifest(model_dir))
-    args.model_max_length = settings["model_max_length"]
-    config = BaichuanConfig.from_pretrained(str(model_dir))
-    prompt_format = prompt_format_from_flags(config, settings["prompt_template"], settings["label_words"])
-    label_words = prompt_format.label_words
+    prompt, _ = prompt_settings({"model_max_length": args.model_max_length}, training_manifest(model_dir))
+    args.model_max_length = prompt["model_max_length"]
+    settings = EvalSettings(args.batch_size, args.max_new_tokens, args.reviews, **prompt)
     with tempfile.TemporaryDirectory(prefix="eval_throughput.") as workdir:
         eval_file = split_jsonl(args.data, "eval", Path(workdir))
-        split = load_split(eval_file, tokenizer, prompt_format, args.model_max_length, args.reviews)
+        tokenizer, prompt_format, split = encode_eval_data(model_dir, eval_file, settings)
+    label_words = prompt_format.label_words
     prompts = split.prompts()
-    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
-    model.to(device.torch_device())
+    model = load_for_inference(model_dir, device, dtype)
     candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
     pad_token_id, eos_token_id = model.config.pad_token_id, prompt_format.eos_token_id
 

@@ -5,15 +5,23 @@ from pathlib import Path
 
 import torch
 
-from waimai.baichuan import BaichuanConfig, attention_implementation, load_model, load_tokenizer
+from waimai.baichuan import (
+    BaichuanConfig,
+    BaichuanForCausalLM,
+    BaichuanTokenizer,
+    attention_implementation,
+    load_model,
+    load_tokenizer,
+)
 from waimai.checkpoints import CHECKPOINT_PATTERN, latest_complete_checkpoint, missing_model_files
 from waimai.devices import Device, timed
 from waimai.fileio import DataError, read_json
 from waimai.generation import greedy_generate, parse_answer
 from waimai.metrics import OTHER, classification_metrics
+from waimai.prompting import PromptFormat
 from waimai.scoring import label_log_probs
 from waimai.train_args import DataArguments, prompt_format_from_flags
-from waimai.train_data import load_split
+from waimai.train_data import EncodedSplit, load_split
 from waimai.training import MANIFEST_NAME
 
 PROMPT_SETTINGS = ("prompt_template", "label_words", "model_max_length")  # train.py flags that shape the prompts
@@ -91,6 +99,23 @@ def prompt_settings(given: dict, manifest: Path | None) -> tuple[dict, dict]:
     return values, sources
 
 
+def encode_eval_data(
+    model_dir: str | Path, eval_data: str | Path, settings: EvalSettings
+) -> tuple[BaichuanTokenizer, PromptFormat, EncodedSplit]:
+    """The model's tokenizer and prompt format, and the eval records encoded with them exactly as in training."""
+    tokenizer = load_tokenizer(model_dir)
+    config = BaichuanConfig.from_pretrained(str(model_dir))
+    prompt_format = prompt_format_from_flags(config, settings.prompt_template, settings.label_words)
+    split = load_split(eval_data, tokenizer, prompt_format, settings.model_max_length, settings.max_samples)
+    return tokenizer, prompt_format, split
+
+
+def load_for_inference(model_dir: str | Path, device: Device, dtype: torch.dtype) -> BaichuanForCausalLM:
+    """The model in `dtype` on `device`, with the fastest attention the device offers."""
+    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
+    return model.to(device.torch_device())
+
+
 def evaluate_model(
     model_dir: str | Path, eval_data: str | Path, device: Device, dtype: torch.dtype, settings: EvalSettings
 ) -> ModelEvaluation:
@@ -98,13 +123,9 @@ def evaluate_model(
 
     The eval file is read and encoded before the weights are loaded, so a bad record is reported at once.
     """
-    tokenizer = load_tokenizer(model_dir)
-    config = BaichuanConfig.from_pretrained(str(model_dir))
-    prompt_format = prompt_format_from_flags(config, settings.prompt_template, settings.label_words)
-    split = load_split(eval_data, tokenizer, prompt_format, settings.model_max_length, settings.max_samples)
+    tokenizer, prompt_format, split = encode_eval_data(model_dir, eval_data, settings)
     prompts, gold, label_words = split.prompts(), split.answers, prompt_format.label_words
-    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
-    model.to(device.torch_device())
+    model = load_for_inference(model_dir, device, dtype)
     pad_token_id = model.config.pad_token_id
 
     candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
