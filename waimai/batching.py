@@ -1,6 +1,20 @@
-"""Batching helpers shared by label scoring and generation: length-sorted batches, left padding."""
+"""Inference helpers shared by label scoring and generation: eval mode, length-sorted batches, left padding."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block, then back in the mode it was in (training, mid-run)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

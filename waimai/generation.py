@@ -4,7 +4,7 @@ import torch
 from rich.progress import track
 from transformers import GenerationConfig
 
-from waimai.batching import left_pad, length_sorted_batches
+from waimai.batching import eval_mode, left_pad, length_sorted_batches
 
 
 def greedy_config(max_new_tokens: int, pad_token_id: int, eos_token_id: int) -> GenerationConfig:
@@ -36,10 +36,8 @@ def greedy_generate(
     device = next(model.parameters()).device
     config = greedy_config(max_new_tokens, pad_token_id, eos_token_id)
     answers: list[list[int]] = [[] for _ in prompts]
-    was_training = model.training
-    model.eval()
-    try:
-        batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size)
+    batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size)
+    with eval_mode(model):
         for batch in track(batches, description="generation", disable=not progress):
             input_ids, attention_mask = left_pad([prompts[index] for index in batch], pad_token_id, device)
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
@@ -47,8 +45,6 @@ def greedy_generate(
                 new_tokens = output[row, input_ids.shape[1] :].tolist()
                 end = new_tokens.index(eos_token_id) if eos_token_id in new_tokens else len(new_tokens)
                 answers[index] = new_tokens[:end]
-    finally:
-        model.train(was_training)
     return answers
 
 

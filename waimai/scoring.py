@@ -3,7 +3,7 @@
 import torch
 from rich.progress import track
 
-from waimai.batching import left_pad, length_sorted_batches, position_ids_from_mask
+from waimai.batching import eval_mode, left_pad, length_sorted_batches, position_ids_from_mask
 
 
 @torch.no_grad()
@@ -25,14 +25,10 @@ def label_log_probs(
     device = next(model.parameters()).device
     scores = torch.empty(len(prompts), len(candidates), dtype=torch.float32)
     batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for batch in track(batches, description="label scoring", disable=not progress):
             batch_prompts = [prompts[index] for index in batch]
             scores[torch.tensor(batch)] = _score_batch(model, batch_prompts, candidates, pad_token_id, device)
-    finally:
-        model.train(was_training)
     return scores
 
 
