@@ -4,10 +4,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from waimai import waimai_csv
-from waimai.cli import HelpFormatter, open_fraction, report_errors, whole_number
+from tuning.data import waimai_csv
+from tuning.runtime.cli import HelpFormatter, open_fraction, whole_number
+from tuning.runtime.errors import report_errors
+from tuning.runtime.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent
 DROP_REASONS = {
     "empty_review": "review empty after cleaning",
     "duplicate": "exact duplicates of an earlier (label, review) row",

@@ -7,22 +7,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from waimai.baichuan import check_model_dir
-from waimai.cli import HelpFormatter, report_errors, whole_number
-from waimai.devices import compute_dtype, detect_device, prepare_device
-from waimai.evaluation import (
-    PROMPT_SETTINGS,
-    TRAIN_DEFAULTS,
-    EvalSettings,
-    evaluate_model,
-    prompt_settings,
-    resolve_tuned_model,
-    training_manifest,
-)
-from waimai.fileio import DataError, read_jsonl
-from waimai.report import examples_table, prompt_line, results_payload, summary_table, write_outputs
-
-REPO_ROOT = Path(__file__).resolve().parent
+from tuning.eval.evaluate import PROMPT_DEFAULTS, EvalSettings, evaluate_model, prompt_settings
+from tuning.eval.report import examples_table, prompt_line, results_payload, summary_table, write_outputs
+from tuning.model.baichuan import check_model_dir
+from tuning.runtime.cli import HelpFormatter, whole_number
+from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
+from tuning.runtime.errors import DataError, report_errors
+from tuning.runtime.fileio import read_jsonl
+from tuning.runtime.paths import REPO_ROOT
+from tuning.train.run_folder import run_folder_of, tuned_model_in
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,9 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "label word, 积极 or 消极, gets the higher log-probability after the prompt; for the base model this "
             "is its zero-shot accuracy) and how often the generated answer is a label word. Both models get "
             "the prompts the tuned model was trained with: template, label words and --model_max_length come "
-            "from the run_manifest.json train.py wrote beside it (or beside its checkpoint-N folder) unless "
+            "from the run_config.json train.py wrote beside it (or beside its checkpoint-N folder) unless "
             "given here. Writes "
-            "eval_results.json, eval_report.md and confusion_matrix.png to --output_dir. Uses the NPU or GPU "
+            "eval_results.json, eval_report.md and confusion_matrix.png to --output_dir (default: eval/ in the "
+            "tuned model's training run folder). Uses the NPU or GPU "
             "when there is one (bf16 where supported), else the CPU (fp32). Default paths are inside this "
             "repository, wherever you run it from; paths you pass are relative to the current directory."
         ),
@@ -62,17 +56,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompt_template", default=None,
                         help="prompt text around the review, as train.py's --prompt_template (must contain "
                              "{review} once); default: the tuned model's training run, else "
-                             f"{TRAIN_DEFAULTS.prompt_template!r}")
+                             f"{PROMPT_DEFAULTS['prompt_template']!r}")
     parser.add_argument("--label_words", default=None,
                         help="answer words, positive first, comma-separated, as train.py's --label_words (eval "
                              "labels 积极/消极 are mapped to them in order); default: the tuned model's training "
-                             f"run, else {TRAIN_DEFAULTS.label_words}")
+                             f"run, else {PROMPT_DEFAULTS['label_words']}")
     parser.add_argument("--model_max_length", type=whole_number(8), default=None,
                         help="most tokens of prompt + answer + eos, as train.py's --model_max_length: longer "
                              "reviews are cut exactly as in training; default: the tuned model's training run, "
-                             f"else {TRAIN_DEFAULTS.model_max_length}")
-    parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "outputs",
-                        help="folder for eval_results.json, eval_report.md and confusion_matrix.png")
+                             f"else {PROMPT_DEFAULTS['model_max_length']}")
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="folder for eval_results.json, eval_report.md and confusion_matrix.png; default: "
+                             "eval/ in the tuned model's training run folder")
     parser.add_argument("--fp32", action="store_true",
                         help="compute in fp32 even on a device with native bf16")
     return parser.parse_args(argv)
@@ -92,17 +87,19 @@ def check_output_folder(folder: Path) -> None:
 def run(args: argparse.Namespace, console: Console) -> list[Path]:
     """Evaluate both models, print the tables, write the result files; returns their paths."""
     shown = read_jsonl(args.eval_data, required_keys=("review",))[: args.max_samples][: args.num_examples]
-    tuned_model = args.tuned_model or resolve_tuned_model(args.train_output_dir)
+    tuned_model = args.tuned_model or tuned_model_in(args.train_output_dir)
     model_dirs = {"base": check_model_dir(args.base_model), "tuned": check_model_dir(tuned_model)}
-    manifest = training_manifest(model_dirs["tuned"])
-    prompt, sources = prompt_settings({key: getattr(args, key) for key in PROMPT_SETTINGS}, manifest)
-    check_output_folder(args.output_dir)
+    prompt, sources, run_config = prompt_settings(
+        {key: getattr(args, key) for key in PROMPT_DEFAULTS}, model_dirs["tuned"]
+    )
+    output_dir = args.output_dir or run_folder_of(model_dirs["tuned"]) / "eval"
+    check_output_folder(output_dir)
     device = detect_device()
     prepare_device(device)
     dtype = compute_dtype(device, want_bf16=not args.fp32)
     dtype_name = str(dtype).removeprefix("torch.")
     settings = EvalSettings(args.batch_size, args.max_new_tokens, args.max_samples, **prompt)
-    console.print("prompt settings: " + prompt_line(prompt, sources, manifest), markup=False, soft_wrap=True)
+    console.print("prompt settings: " + prompt_line(prompt, sources, run_config), markup=False, soft_wrap=True)
     evaluations = {}
     for name, model_dir in model_dirs.items():
         console.rule(f"{name} model: {model_dir} ({device.kind}, {dtype_name})")
@@ -113,11 +110,11 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
         )
     reviews = [record["review"] for record in shown]
     payload = results_payload(
-        str(args.eval_data), reviews, evaluations, settings, sources, manifest, device.kind, dtype_name
+        str(args.eval_data), reviews, evaluations, settings, sources, run_config, device.kind, dtype_name
     )
     console.print(examples_table(payload))
     console.print(summary_table(payload))
-    return write_outputs(args.output_dir, payload)
+    return write_outputs(output_dir, payload)
 
 
 def main(argv: list[str] | None = None) -> int:

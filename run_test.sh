@@ -10,11 +10,11 @@
 # Without a model folder at MODEL (default models/Baichuan2-7B-Base) it compares the tiny demo models that
 # `bash ds_run_bf16.sh` builds and trains. EVAL_DATA (default data/eval.jsonl) is the eval file, as in
 # ds_run_bf16.sh. The prompt template, label words and length limit come from the training run's
-# run_manifest.json unless given as flags. Relative paths are relative to the repository. Results go to outputs/
-# (--output_dir).
+# run_config.json unless given as flags. Relative paths are relative to the repository. Results go to eval/ in
+# the training run's folder (--output_dir).
 set -euo pipefail
 cd "$(dirname "$0")"
-source waimai/launch.sh
+source tuning/runtime/launch.sh
 case "${1:-}" in -h | --help)
     waimai_usage run_test.sh
     echo

@@ -1,8 +1,8 @@
-"""Fine-tune Baichuan2 on waimai_10k reviews (full parameters; bf16 + DeepSpeed ZeRO); see `python train.py --help`."""
+"""Fine-tune Baichuan2 on waimai_10k reviews: `python train.py [RECIPE.yaml] [--flag value ...]`; see --help."""
 
 import sys
 
-from waimai.training import main
+from tuning.train.run import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from waimai.devices import Device
-from waimai.fileio import DataError
-from waimai.waimai_csv import build_dataset, write_dataset
+from tuning.data.waimai_csv import build_dataset, write_dataset
+from tuning.runtime.devices import Device
+from tuning.runtime.errors import DataError
+from tuning.runtime.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = Path(os.environ.get("SHARED_DIR", REPO_ROOT.parent / "shared"))
 SHARED_TOKENIZER = SHARED_DIR / "baichuan2" / "tokenizer.model"
 SHARED_CSV = SHARED_DIR / "data" / "waimai_10k.csv"
@@ -63,7 +63,7 @@ def machine_description(device: Device) -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     text = f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), {memory / 2**30:.0f} GiB RAM"
     if device.kind != "cpu":
-        text += f"; {device.count} x {device.module().get_device_name()} ({device.kind})"
+        text += f"; {device.count} x {device.name()} ({device.kind})"
     return text
 
 

@@ -11,36 +11,32 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `waimai` and `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     REPO_ROOT,
     default_data,
     format_table,
     header_lines,
     split_jsonl,
 )
-from waimai.cli import HelpFormatter, report_errors, whole_number  # noqa: E402
-from waimai.devices import (  # noqa: E402
+from tuning.eval.evaluate import (
+    EvalSettings,
+    encode_eval_data,
+    load_for_inference,
+    prompt_settings,
+)
+from tuning.eval.generation import greedy_generate, parse_answer
+from tuning.eval.scoring import label_log_probs
+from tuning.runtime.cli import HelpFormatter, whole_number
+from tuning.runtime.devices import (
     compute_dtype,
     detect_device,
     prepare_device,
     timed,
 )
-from waimai.evaluation import (  # noqa: E402
-    EvalSettings,
-    encode_eval_data,
-    load_for_inference,
-    prompt_settings,
-    resolve_tuned_model,
-    training_manifest,
-)
-from waimai.fileio import DataError  # noqa: E402
-from waimai.generation import greedy_generate, parse_answer  # noqa: E402
-from waimai.scoring import label_log_probs  # noqa: E402
+from tuning.runtime.errors import DataError, report_errors
+from tuning.train.run_folder import tuned_model_in
 
 DEMO_MODEL = REPO_ROOT / "output" / "demo" / "tiny-tuned"
 HOW_TO_MAKE_DEMO = (
@@ -54,7 +50,7 @@ def tuned_model_dir(path: Path) -> Path:
     if not path.exists():
         raise DataError(f"--model {path}: not found; {HOW_TO_MAKE_DEMO}")
     try:
-        return resolve_tuned_model(path)
+        return tuned_model_in(path)
     except DataError:
         raise DataError(
             f"--model {path}: no model files and no complete checkpoint-N folder; {HOW_TO_MAKE_DEMO}"
@@ -69,8 +65,8 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     dtype = compute_dtype(device, want_bf16=not args.fp32)
     for line in header_lines(device, dtype):
         print(line, flush=True)
-    # The prompts the model was trained with (its run_manifest.json), as run_test.py uses them.
-    prompt, _ = prompt_settings({"model_max_length": args.model_max_length}, training_manifest(model_dir))
+    # The prompts the model was trained with (its run_config.json), as run_test.py uses them.
+    prompt, _, _ = prompt_settings({"model_max_length": args.model_max_length}, model_dir)
     args.model_max_length = prompt["model_max_length"]
     settings = EvalSettings(args.batch_size, args.max_new_tokens, args.reviews, **prompt)
     with tempfile.TemporaryDirectory(prefix="eval_throughput.") as workdir:

@@ -23,26 +23,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `waimai` and `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from deepspeed.runtime.zero.stage3 import (
-    estimate_zero3_model_states_mem_needs,  # noqa: E402
+    estimate_zero3_model_states_mem_needs,
 )
 from deepspeed.runtime.zero.stage_1_and_2 import (
-    estimate_zero2_model_states_mem_needs,  # noqa: E402
+    estimate_zero2_model_states_mem_needs,
 )
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     SHARED_CSV,
     default_tokenizer,
     format_table,
     require_file,
 )
-from waimai.baichuan import BaichuanConfig, BaichuanTokenizer  # noqa: E402
-from waimai.cli import report_errors  # noqa: E402
-from waimai.prompting import LABEL_WORDS, PromptFormat  # noqa: E402
-from waimai.waimai_csv import read_rows  # noqa: E402
+from tuning.data.prompt import LABEL_WORDS, PromptFormat
+from tuning.data.waimai_csv import read_rows
+from tuning.model.baichuan import BaichuanConfig, BaichuanTokenizer
+from tuning.runtime.errors import report_errors
 
 GIB = 1024**3
 ANSWER_TOKENS = 2  # 积极 / 消极 are one token each with the Baichuan2 vocabulary, + eos

@@ -14,13 +14,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file: make `waimai` and `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
-import torch  # noqa: E402
-from transformers.trainer_pt_utils import LengthGroupedSampler  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     default_data,
     default_tokenizer,
     format_bytes,
@@ -30,21 +27,23 @@ from bench.common import (  # noqa: E402
     require_file,
     split_jsonl,
 )
-from transformers_modify.step_metrics import (  # noqa: E402
-    device_name,
+from transformers_modify.step_metrics import (
     peak_bf16_flops,
     training_flops_per_token,
 )
-from waimai.baichuan import (  # noqa: E402
+from tuning.data.collate import PaddingCollator
+from tuning.data.encode import load_split
+from tuning.data.prompt import IGNORE_INDEX, PromptFormat
+from tuning.model.baichuan import (
     BaichuanConfig,
     BaichuanForCausalLM,
     BaichuanTokenizer,
     attention_implementation,
     tiny_config,
 )
-from waimai.cli import HelpFormatter, whole_number  # noqa: E402
-from waimai.collate import PaddingCollator  # noqa: E402
-from waimai.devices import (  # noqa: E402
+from tuning.model.tiny import ASSISTANT_TOKEN, USER_TOKEN
+from tuning.runtime.cli import HelpFormatter, whole_number
+from tuning.runtime.devices import (
     Device,
     compute_dtype,
     detect_device,
@@ -53,10 +52,8 @@ from waimai.devices import (  # noqa: E402
     reset_peak_memory,
     timed,
 )
-from waimai.fileio import DataError, write_json  # noqa: E402
-from waimai.prompting import IGNORE_INDEX, PromptFormat  # noqa: E402
-from waimai.tiny import ASSISTANT_TOKEN, USER_TOKEN  # noqa: E402
-from waimai.train_data import load_split  # noqa: E402
+from tuning.runtime.errors import DataError
+from tuning.runtime.fileio import write_json
 
 # Model shapes; all keep the tokenizer's vocabulary (125,696 rows for Baichuan2), which is what makes
 # full-vocabulary logits expensive. "cpu" is tiny_config's shape, "7b" is Baichuan2-7B's.
@@ -269,7 +266,7 @@ def run_worker(plan_file: Path, result_file: Path) -> None:
         "real_tokens": sum(len(example["input_ids"]) for example in samples),
         "flops": sum(len(example["input_ids"]) * flops_per_token(len(example["input_ids"])) for example in samples),
         "peak_memory": memory_peak(device, baseline),
-        "peak_flops": peak_bf16_flops(device_name(device)),
+        "peak_flops": peak_bf16_flops(device.name()),
         "parameters": model.num_parameters(),
     })
 

@@ -1,7 +1,6 @@
 """Shared test fixtures: where the repository and the read-only `../shared` material live."""
 
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +11,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
 
 
 def _shared_dir() -> Path:
@@ -57,7 +54,7 @@ def make_review_data(waimai_csv, tmp_path_factory) -> Callable[[int, int], Path]
 
     They hold that many positive and that many negative reviews of the real waimai_10k.csv, in make_data.py's format.
     """
-    from tests.review_samples import write_review_split
+    from review_samples import write_review_split
 
     def make(train_per_label: int, eval_per_label: int) -> Path:
         folder = tmp_path_factory.mktemp("reviews")
@@ -68,8 +65,8 @@ def make_review_data(waimai_csv, tmp_path_factory) -> Callable[[int, int], Path]
 
 @pytest.fixture(scope="session")
 def make_tiny_base(tmp_path_factory) -> Callable[..., Path]:
-    """`make_tiny_base(data_dir, **options)`: a new tiny demo base model (waimai.tiny) built from data_dir/train.jsonl."""
-    from waimai.tiny import build_tiny_base  # here, not above: it imports torch, which most tests never need
+    """`make_tiny_base(data_dir, **options)`: a new tiny demo base model (tuning.model.tiny) built from data_dir/train.jsonl."""
+    from tuning.model.tiny import build_tiny_base  # here, not above: it imports torch, which most tests never need
 
     def make(data_dir: Path, **options) -> Path:
         path = tmp_path_factory.mktemp("models") / "tiny-base"

@@ -4,7 +4,7 @@ import csv
 import json
 from pathlib import Path
 
-from waimai.prompting import LABEL_WORDS
+from tuning.data.prompt import LABEL_WORDS
 
 
 def write_reviews(csv_path: Path, path: Path, per_label: int, skip: int = 0) -> Path:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bench import memory_plan
-from waimai.baichuan import BaichuanConfig, BaichuanForCausalLM, tiny_config
+from tuning.model.baichuan import BaichuanConfig, BaichuanForCausalLM, tiny_config
 
 LENGTHS = memory_plan.SequenceLengths(mean=40, p95=90, max=200, target=2, source="test")
 
@@ -101,8 +101,8 @@ def test_missing_data_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_measured_lengths(tmp_path, baichuan_tokenizer_model):
-    from waimai.baichuan import BaichuanTokenizer
-    from waimai.prompting import PromptFormat
+    from tuning.data.prompt import PromptFormat
+    from tuning.model.baichuan import BaichuanTokenizer
 
     reviews = ["好吃", "味道不错，送餐很快，下次还点", "太慢了"]
     csv_path = tmp_path / "waimai.csv"

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from bench import eval_throughput, train_throughput
-from waimai.baichuan import tiny_config
-from waimai.collate import PaddingCollator
-from waimai.devices import Device
-from waimai.fileio import write_jsonl
-from waimai.tiny import build_tiny_base
+from tuning.data.collate import PaddingCollator
+from tuning.model.baichuan import tiny_config
+from tuning.model.tiny import build_tiny_base
+from tuning.runtime.devices import Device
+from tuning.runtime.fileio import write_jsonl
 
 POSITIVE = ["送餐很快", "味道不错", "分量很足", "包装很好", "服务好", "价格实惠", "下次还点"]
 NEGATIVE = ["太慢了", "菜是凉的", "味道很差", "分量太少", "送错了", "再也不点了", "汤洒了"]

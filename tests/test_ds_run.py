@@ -3,7 +3,7 @@
 - ZeRO-2 (the default config), interrupted after a checkpoint and run again: it continues to the end. This is
   the file's one training run: run_test.py then compares that base/tuned pair, as a user would next;
 - ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps;
-- an error in train.py is the launcher's exit status; waimai/launch.sh: model selection and the CANN check.
+- an error in train.py is the launcher's exit status; tuning/runtime/launch.sh: model selection and the CANN check.
 """
 
 import json
@@ -20,12 +20,13 @@ import torch
 from safetensors.torch import load_file
 
 from run_test import main as run_test_main
-from waimai.baichuan import load_model
-from waimai.checkpoints import latest_complete_checkpoint
+from tuning.model.baichuan import load_model
+from tuning.train.run_folder import latest_complete_checkpoint
 
+pytestmark = pytest.mark.e2e  # real DeepSpeed launches through ds_run_bf16.sh
 TIMEOUT_S = 240
-# 400 training reviews, 2 processes x 4 per batch: 50 steps in one epoch, a checkpoint every 10
-DEMO_ARGS = ("--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "10",
+# 400 training reviews, global batch 8 = 2 processes x 4: 50 steps in one epoch, a checkpoint every 10
+DEMO_ARGS = ("--global_batch_size", "8", "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "10",
              "--logging_steps", "5", "--disable_tqdm", "true")
 
 
@@ -143,7 +144,7 @@ def test_run_test_on_the_demo_pair_shows_what_fine_tuning_learned(demo_run, data
                           "--batch_size", "40", "--num_examples", "2"])
     assert code == 0, capsys.readouterr().err
     payload = json.loads((outputs / "eval_results.json").read_text(encoding="utf-8"))
-    assert payload["training_manifest"] == str(output_dir / "run_manifest.json")
+    assert payload["training_config"] == str(output_dir / "run_config.json")
     assert payload["settings"]["model_max_length"] == 256  # MAX_LENGTH of the demo, not run_test's 1024
     assert set(payload["setting_sources"].values()) == {"training run"}
     tuned = payload["models"]["tuned"]
@@ -160,7 +161,7 @@ def test_run_test_on_the_demo_pair_shows_what_fine_tuning_learned(demo_run, data
 
 def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_dir, prebuilt_base, tmp_path):
     env = _env(tmp_path, data_dir, WAIMAI_CPU_BF16="1", DS_CONFIG="ds_config_zero3.json",
-               DEMO_BASE_MODEL=str(prebuilt_base), GRADIENT_CHECKPOINTING="true", GRAD_ACCUM="2")
+               DEMO_BASE_MODEL=str(prebuilt_base), GRADIENT_CHECKPOINTING="true", GLOBAL_BATCH_SIZE="16")
     result = _run(repo_root, env, "--max_steps", "3", "--max_eval_samples", "20", "--per_device_train_batch_size",
                   "4", "--save_strategy", "no", "--disable_tqdm", "true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -168,10 +169,28 @@ def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_di
     output_dir = tmp_path / "tuned"
     summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
     assert summary["precision"] == "bf16" and summary["global_step"] == 3 and summary["eval_samples"] == 20
+    training = json.loads((output_dir / "run_config.json").read_text(encoding="utf-8"))["training"]
+    assert summary["global_batch_size"] == 16  # 2 processes x 4 per device x 2 accumulated
+    assert (training["per_device_train_batch_size"], training["gradient_accumulation_steps"]) == (4, 2)
     assert summary["eval_accuracy"] is not None
     weights = load_file(output_dir / "model.safetensors")  # ZeRO-3 gathered the full 16-bit weights to save them
     assert weights["lm_head.weight"].dtype == torch.bfloat16 and weights["lm_head.weight"].shape[0] > 1000
     assert load_model(output_dir).lm_head.weight.dtype == torch.float32
+
+
+def test_one_process_trains_the_same_steps_with_the_same_global_batch(repo_root, data_dir, prebuilt_base,
+                                                                     demo_run, tmp_path):
+    env = _env(tmp_path, data_dir, DEMO_BASE_MODEL=str(prebuilt_base), NUM_DEVICES="1")
+    result = _run(repo_root, env, "--global_batch_size", "8", "--per_device_train_batch_size", "4",
+                  "--eval_strategy", "no", "--save_strategy", "no", "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    one = json.loads((tmp_path / "tuned" / "train_summary.json").read_text(encoding="utf-8"))
+    two = json.loads((demo_run["output_dir"] / "train_summary.json").read_text(encoding="utf-8"))
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert one["global_batch_size"] == two["global_batch_size"] == 8
+    assert one["optimizer_steps"] == two["optimizer_steps"] == 50  # 400 reviews / 8
+    training = json.loads((tmp_path / "tuned" / "run_config.json").read_text(encoding="utf-8"))["training"]
+    assert (training["per_device_train_batch_size"], training["gradient_accumulation_steps"]) == (4, 2)
 
 
 def test_failure_in_train_py_is_the_launcher_exit_status(repo_root, data_dir, prebuilt_base, tmp_path):
@@ -184,7 +203,7 @@ def test_failure_in_train_py_is_the_launcher_exit_status(repo_root, data_dir, pr
 
 
 def _bash(repo_root: Path, script: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", f"set -euo pipefail; source waimai/launch.sh; {script}"], cwd=repo_root,
+    return subprocess.run(["bash", "-c", f"set -euo pipefail; source tuning/runtime/launch.sh; {script}"], cwd=repo_root,
                           env=env, capture_output=True, text=True, timeout=60)
 
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 import make_data
-from waimai.waimai_csv import OUTPUT_FILES
+from tuning.data.waimai_csv import OUTPUT_FILES
 
 
 def run_make_data(repo_root, *args, cwd=None):

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from run_test import main
-from waimai.baichuan import BaichuanConfig, load_tokenizer
-from waimai.evaluation import PROMPT_SETTINGS, resolve_tuned_model, training_manifest
-from waimai.fileio import DataError, write_json, write_jsonl
-from waimai.prompting import PromptFormat
-from waimai.tiny import build_tiny_base
+from tuning.data.prompt import PromptFormat
+from tuning.eval.evaluate import PROMPT_DEFAULTS
+from tuning.model.baichuan import BaichuanConfig, load_tokenizer
+from tuning.model.tiny import build_tiny_base
+from tuning.runtime.errors import DataError
+from tuning.runtime.fileio import write_json, write_jsonl
+from tuning.train.run_folder import recorded_run_config, tuned_model_in
 
 REVIEWS = [
     ("送餐很快，味道也不错，下次还点", "积极"),
@@ -94,12 +96,12 @@ def test_end_to_end_table_metrics_and_files(demo):
         assert sum(map(sum, scoring["confusion_matrix"]["counts"])) == len(REVIEWS)
         assert scoring["num_other"] == 0  # label scoring always picks a label word
         assert sum(map(sum, generation["metrics"]["confusion_matrix"]["counts"])) == len(REVIEWS)
-    assert payload["training_manifest"] is None  # no run_manifest.json: train.py's defaults
-    assert {key: payload["settings"][key] for key in PROMPT_SETTINGS} == {
+    assert payload["training_config"] is None  # no run_config.json: train.py's defaults
+    assert {key: payload["settings"][key] for key in PROMPT_DEFAULTS} == {
         "prompt_template": "{review} -> ", "label_words": "积极,消极", "model_max_length": 1024
     }
     assert set(payload["setting_sources"].values()) == {"default"}
-    assert "no run_manifest.json beside the tuned model" in " ".join(result.stdout.split())
+    assert "no run_config.json beside the tuned model" in " ".join(result.stdout.split())
     assert [example["review"] for example in payload["examples"]] == [review for review, _ in REVIEWS[:3]]
     assert all(set(example) == {"review", "label", "base", "tuned"} for example in payload["examples"])
 
@@ -145,7 +147,7 @@ def test_training_output_without_model_is_a_clear_error(demo):
     empty.mkdir(exist_ok=True)
     result = run_script("--base_model", str(demo["base"]), "--train_output_dir", str(empty),
                         "--eval_data", str(demo["eval_data"]), "--output_dir", str(demo["root"] / "unused"))
-    assert_one_line_error(result, str(empty), "no final model", "--tuned_model")
+    assert_one_line_error(result, str(empty), "no final model", "bash ds_run_bf16.sh")
 
 
 def test_tuned_model_prefers_final_model_over_checkpoints(tmp_path):
@@ -154,11 +156,11 @@ def test_tuned_model_prefers_final_model_over_checkpoints(tmp_path):
         (folder / "config.json").write_text("{}", encoding="utf-8")
         (folder / "model.safetensors").write_bytes(b"")
     (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}", encoding="utf-8")
-    assert resolve_tuned_model(tmp_path) == tmp_path
+    assert tuned_model_in(tmp_path) == tmp_path
     (tmp_path / "model.safetensors").unlink()
-    assert resolve_tuned_model(tmp_path) == tmp_path / "checkpoint-5"
+    assert tuned_model_in(tmp_path) == tmp_path / "checkpoint-5"
     with pytest.raises(DataError, match="no final model"):
-        resolve_tuned_model(tmp_path / "checkpoint-5" / "missing")
+        tuned_model_in(tmp_path / "checkpoint-5" / "missing")
 
 
 @pytest.mark.parametrize(
@@ -205,7 +207,7 @@ LONG_TEMPLATE = "以下是一条外卖平台上的用户评论，请判断这位
 
 @pytest.fixture
 def run_with_manifest(demo, tmp_path) -> Path:
-    """A training output folder like train.py's: checkpoint-3 plus a run_manifest.json with non-default prompts.
+    """A training output folder like train.py's: checkpoint-3 plus a run_config.json with non-default prompts.
 
     Its model_max_length is the longest eval example with the default template, so only another template cuts.
     """
@@ -218,8 +220,8 @@ def run_with_manifest(demo, tmp_path) -> Path:
     )
     folder = tmp_path / "train_output"
     shutil.copytree(demo["train_output_dir"] / "checkpoint-3", folder / "checkpoint-3")
-    write_json(folder / "run_manifest.json", {"prompt_template": LONG_TEMPLATE, "label_words": "好评,差评",
-                                              "model_max_length": longest})
+    write_json(folder / "run_config.json", {"data": {"prompt_template": LONG_TEMPLATE, "label_words": "好评,差评",
+                                                     "model_max_length": longest}})
     return folder
 
 
@@ -233,10 +235,10 @@ def _compare(demo, train_output_dir: Path, output_dir: Path, *flags: str) -> dic
 
 def test_both_models_get_the_prompts_the_tuned_model_was_trained_with(demo, run_with_manifest, tmp_path, capsys):
     payload = _compare(demo, run_with_manifest, tmp_path / "outputs")
-    manifest = run_with_manifest / "run_manifest.json"
-    assert payload["training_manifest"] == str(manifest)
+    manifest = run_with_manifest / "run_config.json"
+    assert payload["training_config"] == str(manifest)
     assert payload["settings"]["prompt_template"] == LONG_TEMPLATE
-    assert payload["setting_sources"] == dict.fromkeys(PROMPT_SETTINGS, "training run")
+    assert payload["setting_sources"] == dict.fromkeys(PROMPT_DEFAULTS, "training run")
     assert payload["label_words"] == ["好评", "差评"]  # the eval file's 积极/消极, mapped in order
     assert payload["label_counts"] == {"好评": 5, "差评": 6} and payload["examples"][0]["label"] == "好评"
     for model in payload["models"].values():
@@ -256,30 +258,31 @@ def test_flags_override_the_training_run(demo, run_with_manifest, tmp_path):
     assert all(model["truncated_prompts"] == 0 for model in payload["models"].values())
 
 
-def test_training_manifest_is_beside_the_model_or_its_checkpoint_folder(tmp_path):
+def test_run_config_is_beside_the_model_or_its_checkpoint_folder(tmp_path):
     (tmp_path / "run" / "checkpoint-20").mkdir(parents=True)
     (tmp_path / "run" / "other").mkdir()
-    assert training_manifest(tmp_path / "run") is None
-    (tmp_path / "run" / "run_manifest.json").write_text("{}", encoding="utf-8")
-    assert training_manifest(tmp_path / "run") == tmp_path / "run" / "run_manifest.json"
-    assert training_manifest(tmp_path / "run" / "checkpoint-20") == tmp_path / "run" / "run_manifest.json"
-    assert training_manifest(tmp_path / "run" / "other") is None  # only a checkpoint-N belongs to its parent's run
+    assert recorded_run_config(tmp_path / "run") is None
+    (tmp_path / "run" / "run_config.json").write_text('{"data": {}}', encoding="utf-8")
+    config = tmp_path / "run" / "run_config.json"
+    assert recorded_run_config(tmp_path / "run") == (config, {"data": {}})
+    assert recorded_run_config(tmp_path / "run" / "checkpoint-20") == (config, {"data": {}})
+    assert recorded_run_config(tmp_path / "run" / "other") is None  # only a checkpoint-N belongs to its parent's run
 
 
 @pytest.mark.parametrize(
     "flags, manifest_text, message",
     [
-        (("--label_words", "积极"), "{}", "--label_words '积极': give two or more different, non-empty words"),
-        (("--prompt_template", "no review"), "{}",
+        (("--label_words", "积极"), '{"data": {}}', "--label_words '积极': give two or more different, non-empty words"),
+        (("--prompt_template", "no review"), '{"data": {}}',
          "--prompt_template: prompt template must contain '{review}' once: 'no review'"),
-        ((), '{"label_words": "积极,消极",', "{manifest}: not valid JSON (Expecting"),
-        ((), '{"model_max_length": "256"}', "{manifest}: model_max_length '256' is not a whole number"),
+        ((), '{"data": {"label_words": "积极,消极",', "{manifest}: not valid JSON (Expecting"),
+        ((), '{"data": {"model_max_length": "256"}}', "{manifest}: model_max_length '256' is not a whole number"),
     ],
 )
 def test_bad_prompt_settings_are_named(demo, tmp_path, capsys, flags, manifest_text, message):
     train_output_dir = tmp_path / "train_output"
     shutil.copytree(demo["train_output_dir"] / "checkpoint-3", train_output_dir / "checkpoint-3")
-    manifest = train_output_dir / "run_manifest.json"
+    manifest = train_output_dir / "run_config.json"
     manifest.write_text(manifest_text, encoding="utf-8")
     code = main(["--base_model", str(demo["base"]), "--train_output_dir", str(train_output_dir),
                  "--eval_data", str(demo["eval_data"]), "--output_dir", str(tmp_path / "outputs"), *flags])

@@ -4,11 +4,7 @@ import pytest
 
 from transformers_modify import step_metrics, versions
 from transformers_modify.step_metrics import StepMetricsCallback, peak_bf16_flops, training_flops_per_token
-from transformers_modify.training_args import FORCE_CPU_BF16, adapt_training_args
-from waimai.devices import Device
-from waimai.fileio import DataError
-
-CPU = Device("cpu", 1, bf16=False)
+from transformers_modify.training_args import FORCE_CPU_BF16, adapt_to_device
 
 
 def test_pins_come_from_requirements_txt():
@@ -20,8 +16,11 @@ def test_pinned_environment_passes_and_a_mismatch_says_what_to_install(monkeypat
     assert versions.version_problems() == []
     pins = {**versions.pinned_versions(), "accelerate": "0.1.0", "torch": "1.0.0"}
     monkeypatch.setattr(versions, "pinned_versions", lambda: pins)
+    from tuning.runtime.errors import DataError
+    from tuning.train.run import check_versions
+
     with pytest.raises(DataError) as error:
-        versions.check_versions()
+        check_versions()
     message = str(error.value)
     assert "\n" not in message
     assert "pip install accelerate==0.1.0" in message and "pip install torch==1.0.0" in message
@@ -47,7 +46,7 @@ def test_peak_flops_table(name, tflops):
 
 
 def test_flops_per_token_counts_dense_weights_and_attention():
-    from waimai.baichuan import BaichuanForCausalLM, tiny_config
+    from tuning.model.baichuan import BaichuanForCausalLM, tiny_config
 
     model = BaichuanForCausalLM(tiny_config(500, user_token_id=3, assistant_token_id=4))
     dense = model.num_parameters() - 500 * 128  # everything but the input embedding
@@ -57,7 +56,7 @@ def test_flops_per_token_counts_dense_weights_and_attention():
 def test_step_metrics_window(monkeypatch):
     clock = iter([10.0, 12.0, 20.0, 22.0])
     monkeypatch.setattr(step_metrics.time, "perf_counter", lambda: next(clock))
-    callback = StepMetricsCallback(CPU, lambda length: 1000.0 * length, sequences_per_step=4, world_size=2,
+    callback = StepMetricsCallback(lambda: None, lambda length: 1000.0 * length, sequences_per_step=4, world_size=2,
                                    peak_flops=1e6)
     for start, end in ((0, 400), (400, 800)):  # two steps of 400 tokens, 2 s each
         callback.on_step_begin(None, SimpleNamespace(num_input_tokens_seen=start), None)
@@ -69,28 +68,37 @@ def test_step_metrics_window(monkeypatch):
     assert callback.pop_window() == {}  # the window restarts
 
 
-def _args(**overrides):
-    settings = dict(fp16=False, bf16=True, tf32=None, deepspeed=None, use_cpu=False, accelerator_config=None)
-    return SimpleNamespace(**{**settings, **overrides})
+def _values(**overrides) -> dict:
+    return dict(fp16=False, bf16=True, tf32=None, deepspeed=None, use_cpu=False, accelerator_config=None,
+                optim="adamw_torch_fused") | overrides
 
 
-def test_cpu_without_bf16_trains_in_fp32_and_says_so(monkeypatch, capsys):
+def test_cpu_without_bf16_trains_in_fp32_and_says_so(monkeypatch):
     monkeypatch.delenv(FORCE_CPU_BF16, raising=False)
-    args = _args(tf32=True)
-    adapt_training_args(args, CPU)
-    assert (args.bf16, args.use_cpu, args.tf32) == (False, True, None)
-    err = capsys.readouterr().err
-    assert "training in fp32" in err and "--tf32 applies to NVIDIA GPUs only" in err
+    values = _values(tf32=True)
+    notes = adapt_to_device(values, "cpu", native_bf16=False)
+    assert (values["bf16"], values["use_cpu"], values["tf32"]) == (False, True, None)
+    assert any("training in fp32" in text for text in notes)
+    assert any("--tf32 applies to NVIDIA GPUs only" in text for text in notes)
 
 
-def test_cpu_bf16_can_be_forced(monkeypatch, capsys):
+def test_cpu_bf16_can_be_forced(monkeypatch):
     monkeypatch.setenv(FORCE_CPU_BF16, "1")
-    args = _args()
-    adapt_training_args(args, CPU)
-    assert args.bf16 and args.use_cpu
-    assert "emulated and very slow" in capsys.readouterr().err
+    values = _values()
+    notes = adapt_to_device(values, "cpu", native_bf16=False)
+    assert values["bf16"] and values["use_cpu"]
+    assert any("emulated and very slow" in text for text in notes)
 
 
 def test_bf16_on_an_accelerator_without_it_is_an_error():
-    with pytest.raises(DataError, match="this cuda device has no native bf16"):
-        adapt_training_args(_args(), Device("cuda", 1, bf16=False))
+    with pytest.raises(ValueError, match="this cuda device has no native bf16"):
+        adapt_to_device(_values(), "cuda", native_bf16=False)
+
+
+def test_fused_adamw_is_torch_npus_on_the_npu():
+    values = _values()
+    adapt_to_device(values, "npu", native_bf16=True)
+    assert values["optim"] == "adamw_torch_npu_fused"
+    values = _values()
+    adapt_to_device(values, "cuda", native_bf16=True)
+    assert values["optim"] == "adamw_torch_fused"

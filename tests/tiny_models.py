@@ -3,7 +3,7 @@
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from waimai.baichuan import BaichuanForCausalLM, tiny_config
+from tuning.model.baichuan import BaichuanForCausalLM, tiny_config
 
 VOCAB_SIZE = 97
 MODEL_KINDS = ("llama", "baichuan")

@@ -6,8 +6,6 @@ from collections.abc import Callable
 from torch import nn
 from transformers import TrainerCallback
 
-from waimai.devices import Device, synchronize
-
 # Dense bf16 peak of one device in TFLOP/s, by a substring of the name the device reports; the first match wins.
 PEAK_BF16_TFLOPS = (
     ("H100 PCIe", 756.0),
@@ -28,10 +26,6 @@ def peak_bf16_flops(device_name: str | None) -> float | None:
         if device_name and key in device_name:
             return tflops * 1e12
     return None
-
-
-def device_name(device: Device) -> str | None:
-    return None if device.kind == "cpu" else device.module().get_device_name()
 
 
 def training_flops_per_token(model: nn.Module) -> Callable[[float], float]:
@@ -58,13 +52,13 @@ class StepMetricsCallback(TrainerCallback):
 
     def __init__(
         self,
-        device: Device,
+        synchronize: Callable[[], None],
         flops_per_token: Callable[[float], float],
         sequences_per_step: int,
         world_size: int,
         peak_flops: float | None,
     ):
-        self.device = device
+        self.synchronize = synchronize  # waits for the device's queued work, so that times are real
         self.flops_per_token = flops_per_token
         self.sequences_per_step = sequences_per_step
         self.world_size = world_size
@@ -76,12 +70,12 @@ class StepMetricsCallback(TrainerCallback):
         self._tokens = 0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        synchronize(self.device)
+        self.synchronize()
         self._start = time.perf_counter()
         self._tokens_at_start = state.num_input_tokens_seen
 
     def on_step_end(self, args, state, control, **kwargs):
-        synchronize(self.device)
+        self.synchronize()
         self._seconds += time.perf_counter() - self._start
         self._tokens += state.num_input_tokens_seen - self._tokens_at_start
         self._steps += 1

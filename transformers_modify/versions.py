@@ -5,8 +5,6 @@ from pathlib import Path
 
 from packaging.version import Version
 
-from waimai.fileio import DataError
-
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 EXACT = ("transformers", "accelerate", "deepspeed")  # what train.py relies on beyond their public API
 
@@ -54,10 +52,3 @@ def version_problems(pins: dict[str, str] | None = None) -> list[str]:
         state = "is not installed" if torch_version is None else f"{torch_version} is installed"
         problems.append(f"torch {state} but this project needs {pins['torch']}: pip install torch=={pins['torch']}")
     return problems
-
-
-def check_versions() -> None:
-    """Raise DataError (one line) when the installed stack differs from requirements.txt."""
-    problems = version_problems()
-    if problems:
-        raise DataError("; ".join(problems))

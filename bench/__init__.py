@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of the recipe (see bench/README.md)."""

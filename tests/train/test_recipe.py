@@ -1,0 +1,109 @@
+"""Recipe files and flags: every setting in one file, overrides, pure parsing, the batch derived from the global batch."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch.distributed as dist
+import yaml
+from accelerate import PartialState
+
+from tuning.runtime import devices
+from tuning.runtime.errors import DataError
+from tuning.runtime.paths import REPO_ROOT
+from tuning.train.recipe import batch_layout, parse_recipe, recipe_parser
+from tuning.train.run import DESCRIPTION
+
+RECIPE_7B = REPO_ROOT / "configs" / "baichuan2_7b.yaml"
+RECIPE_DEMO = REPO_ROOT / "configs" / "tiny_demo.yaml"
+
+
+def test_the_7b_recipe_is_the_original_recipe():
+    recipe = parse_recipe([str(RECIPE_7B)], DESCRIPTION)
+    flags, data = recipe.training, recipe.data
+    assert (flags.learning_rate, flags.lr_scheduler_type, flags.warmup_ratio, flags.weight_decay) == (
+        1e-5, "cosine", 0.03, 0.0)
+    assert (flags.num_train_epochs, flags.gradient_checkpointing, flags.bf16) == (1, True, True)
+    assert flags.global_batch_size == 32 and flags.deepspeed == "ds_config_bf16.json"
+    assert data.prompt_template == "{review} -> " and data.label_words == "积极,消极" and data.model_max_length == 1024
+    assert batch_layout(32, 8, flags.per_device_train_batch_size) == (4, 1)  # 8 devices: 4 x 1, not 1 x 4
+
+
+@pytest.mark.parametrize("recipe", [RECIPE_7B, RECIPE_DEMO])
+def test_every_setting_of_a_recipe_is_a_flag_with_a_comment(recipe):
+    values = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    known = {action.dest for action in recipe_parser(DESCRIPTION)._actions}
+    assert set(values) <= known
+    for line in recipe.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith((" ", "#")):
+            assert "#" in line, f"{recipe.name}: no comment on {line!r}"
+
+
+def test_flags_override_the_recipe_and_the_default_recipe_is_the_7b():
+    recipe = parse_recipe([str(RECIPE_DEMO), "--learning_rate", "2e-3", "--model_max_length", "64"], DESCRIPTION)
+    assert recipe.training.learning_rate == 2e-3 and recipe.data.model_max_length == 64
+    assert recipe.training.per_device_train_batch_size == 16  # from the recipe
+    assert parse_recipe(["--seed", "1"], DESCRIPTION).path == RECIPE_7B
+    launched = parse_recipe(["--local_rank=0", str(RECIPE_DEMO), "--seed", "3"], DESCRIPTION)  # as DeepSpeed passes it
+    assert launched.path == RECIPE_DEMO and launched.training.seed == 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("learning_rate: [1\n", "not valid YAML"),
+    ("- a list\n", "a recipe is a mapping"),
+    ("learning_rat: 1.0e-5\n", "unknown setting 'learning_rat'"),
+])
+def test_a_bad_recipe_file_is_named(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=f"{path}: {message}"):
+        parse_recipe([str(path)], DESCRIPTION)
+    with pytest.raises(DataError, match="cannot read the recipe"):
+        parse_recipe([str(tmp_path / "missing.yaml")], DESCRIPTION)
+
+
+@pytest.mark.parametrize("global_batch, processes, largest, layout", [
+    (32, 8, 4, (4, 1)), (32, 8, 1, (1, 4)), (32, 1, 32, (32, 1)), (32, 1, 4, (4, 8)), (32, 2, 16, (16, 1)),
+    (32, 4, 3, (2, 4)),  # 8 per process: the largest divisor that fits is 2
+])
+def test_batch_layout_keeps_the_global_batch(global_batch, processes, largest, layout):
+    device_batch, accumulation = batch_layout(global_batch, processes, largest)
+    assert (device_batch, accumulation) == layout and device_batch * accumulation * processes == global_batch
+
+
+def test_a_global_batch_that_does_not_split_is_an_error():
+    with pytest.raises(DataError, match="cannot be split evenly over 3 processes"):
+        batch_layout(32, 3, 4)
+    with pytest.raises(DataError, match="--gradient_accumulation_steps: derived from --global_batch_size"):
+        parse_recipe(["--gradient_accumulation_steps", "4"], DESCRIPTION)
+
+
+def test_parsing_touches_no_device_process_group_or_environment(monkeypatch):
+    def probe():
+        raise AssertionError("parsing probed the hardware")
+
+    monkeypatch.setattr(devices, "detect_device", probe)
+    environment = dict(os.environ)
+    recipe = parse_recipe([str(RECIPE_7B), "--bf16", "true", "--deepspeed", "ds_config_bf16.json"], DESCRIPTION)
+    assert recipe.training.bf16 is True  # kept as asked: the device decides only when training starts
+    assert dict(os.environ) == environment
+    assert not dist.is_initialized() and not PartialState._shared_state
+
+
+def test_help_has_no_side_effects_and_shows_the_recipe_values(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    script = (
+        "import os, runpy, sys; before = dict(os.environ); sys.argv = ['train.py', '--help']\n"
+        "try:\n    runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit as done:\n"
+        "    assert done.code == 0\n"
+        "from accelerate import PartialState; import torch.distributed as dist\n"
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+        "assert not PartialState._shared_state and not dist.is_initialized()\n"
+        "print('untouched')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stdout.split())
+    assert "untouched" in text and "--global_batch_size GLOBAL_BATCH_SIZE" in text
+    assert "(default: 1e-05)" in text  # the 7B recipe's learning rate

@@ -1,0 +1,1 @@
+"""Evaluation of a model on eval reviews: label scoring, greedy generation, metrics, reports."""

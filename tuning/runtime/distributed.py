@@ -1,0 +1,53 @@
+"""Which process this is in a launch, and the few collectives the recipe needs outside the Trainer."""
+
+import os
+import resource
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def global_rank() -> int:
+    """This process's rank among all processes of the launch (0 without a launcher)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    """This process's index on its machine: the device it binds."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return global_rank() == 0
+
+
+def note(message: str) -> None:
+    """A one-line note on stderr, printed by the first process only."""
+    if is_main_process():
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def max_over_processes(value: int, device: torch.device) -> int:
+    tensor = torch.tensor(value, dtype=torch.long, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def peak_host_memory_bytes() -> int:
+    """Peak resident memory of this process (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,0 +1,131 @@
+"""Atomic file writes and validated JSONL reading."""
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import IO
+
+from tuning.runtime.errors import DataError
+
+
+def _default_file_mode() -> int:
+    """The mode a plain `open()` would give a new file (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextmanager
+def atomic_writers(paths: list[str | Path], mode: str = "w") -> Iterator[list[IO]]:
+    """Write each file to a temporary beside it; rename them all into place only once every one is written."""
+    paths = [Path(path) for path in paths]
+    encoding = None if "b" in mode else "utf-8"
+    temps: list[str] = []
+    try:
+        with ExitStack() as stack:
+            handles = []
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+                temps.append(tmp_name)
+                os.chmod(fd, _default_file_mode())
+                handles.append(stack.enter_context(os.fdopen(fd, mode, encoding=encoding)))
+            yield handles
+            for handle in handles:
+                handle.flush()
+                os.fsync(handle.fileno())
+        for tmp_name, path in zip(temps, paths):
+            os.replace(tmp_name, path)
+    except BaseException:
+        for tmp_name in temps:
+            Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Write to a temporary file beside `path`, then rename it over `path`; on error, leave `path` untouched."""
+    with atomic_writers([path], mode) as (handle,):
+        yield handle
+
+
+def dump_json(payload: object, handle: IO) -> None:
+    json.dump(payload, handle, ensure_ascii=False, indent=2)
+    handle.write("\n")
+
+
+def dump_jsonl(records: list[dict], handle: IO) -> None:
+    for record in records:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_json(path: str | Path, payload: object) -> None:
+    with atomic_writer(path) as handle:
+        dump_json(payload, handle)
+
+
+def write_jsonl(path: str | Path, records: list[dict]) -> None:
+    with atomic_writer(path) as handle:
+        dump_jsonl(records, handle)
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON object; a missing file or bad JSON raises DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({getattr(error, 'msg', error)})") from None
+    if not isinstance(payload, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    return payload
+
+
+def sha256_of(path: str | Path) -> str:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_jsonl(
+    path: str | Path, required_keys: tuple[str, ...] = (), validate: Callable[[dict], str | None] | None = None
+) -> list[dict]:
+    """Read one JSON object per line; a bad line raises DataError naming the file and line.
+
+    `validate(record)` may return a message saying what is wrong with a record; it is raised with the line number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{line_number}: expected a JSON object")
+            missing = [key for key in required_keys if key not in record]
+            if missing:
+                raise DataError(f"{path}:{line_number}: missing key(s) {', '.join(missing)}")
+            problem = validate(record) if validate else None
+            if problem:
+                raise DataError(f"{path}:{line_number}: {problem}")
+            records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records")
+    return records

@@ -1,0 +1,1 @@
+"""The training run: recipe and arguments, Trainer, run folder, curves."""

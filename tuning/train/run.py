@@ -1,0 +1,281 @@
+"""train.py's work: read the recipe, check the inputs, set up the device, train (resuming when possible), save."""
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from transformers_modify.step_metrics import StepMetricsCallback, peak_bf16_flops, training_flops_per_token
+from transformers_modify.training_args import adapt_to_device
+from transformers_modify.versions import version_problems
+from tuning.data.collate import EncodedDataset, PaddingCollator
+from tuning.data.encode import EncodedSplit, load_split
+from tuning.data.prompt import prompt_format_from_flags
+from tuning.model.baichuan import BaichuanConfig, attention_implementation, check_model_dir, load_model, load_tokenizer
+from tuning.runtime.devices import (
+    Device,
+    compute_dtype,
+    detect_device,
+    peak_memory_bytes,
+    prepare_device,
+    reset_peak_memory,
+    synchronize,
+)
+from tuning.runtime.distributed import (
+    barrier,
+    local_rank,
+    max_over_processes,
+    note,
+    peak_host_memory_bytes,
+    world_size,
+)
+from tuning.runtime.errors import DataError, report_errors
+from tuning.runtime.fileio import sha256_of, write_json
+from tuning.train.curves import plot_curves
+from tuning.train.recipe import (
+    DataArguments,
+    Recipe,
+    build_training_arguments,
+    eval_steps_for,
+    parse_recipe,
+    training_argument_values,
+)
+from tuning.train.run_folder import (
+    CONFIG_NAME,
+    CURVES_NAME,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    already_trained,
+    check_output_dir,
+    resolve_resume,
+)
+from tuning.train.trainer import LabelAccuracy, WaimaiTrainer
+
+EVAL_KEYS = ("eval_loss", "eval_accuracy", "eval_macro_f1")  # reported in train_summary.json
+DESCRIPTION = (
+    "Full-parameter fine-tuning of a Baichuan2 model (Hugging Face Trainer; bf16 + DeepSpeed ZeRO on Ascend NPUs "
+    "and NVIDIA GPUs, fp32 on a CPU) to answer 积极 or 消极 after a food-delivery review. Each example is "
+    "[user] + '{review} -> ' + [assistant] + answer + [eos], with the loss on the answer only. "
+    "Usage: python train.py [RECIPE.yaml] [--flag value ...]: the recipe file (default configs/baichuan2_7b.yaml) "
+    "sets the run, flags override it; the defaults shown below are the recipe's. Usually started by "
+    "`bash ds_run_bf16.sh`; every TrainingArguments flag is accepted too. Re-running the same command continues "
+    "from the latest complete checkpoint."
+)
+
+
+def run_identity(model_dir: Path, data: DataArguments) -> dict:
+    """What makes two runs the same run: model, data and encoding (hyperparameters may change on resume)."""
+    return {
+        "model": str(model_dir.resolve()),
+        "model_config_sha256": sha256_of(model_dir / "config.json"),
+        "train_data_sha256": sha256_of(data.train_data),
+        "eval_data_sha256": sha256_of(data.eval_data) if data.eval_data else None,
+        "max_train_samples": data.max_train_samples,
+        "model_max_length": data.model_max_length,
+        "prompt_template": data.prompt_template,
+        "label_words": data.label_words,
+    }
+
+
+def final_eval_metrics(trainer: WaimaiTrainer) -> dict:
+    """The evaluation at the last step if training just made one, else a new one."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_accuracy" in entry:
+            if entry["step"] == trainer.state.global_step:
+                return {key: value for key, value in entry.items() if key.startswith("eval_")}
+            break
+    return trainer.evaluate()
+
+
+def setup_training_arguments(recipe: Recipe, device: Device, train_samples: int) -> TrainingArguments:
+    """The Trainer's arguments for this launch and device; the only place TrainingArguments is built."""
+    values = training_argument_values(recipe, world_size())
+    if values["tf32"] is None and device.kind == "cuda":
+        values["tf32"] = True
+    try:
+        notes = adapt_to_device(values, device.kind, device.bf16)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    for message in notes:
+        note(message)
+    points = recipe.training.eval_points_per_epoch
+    if points and values["eval_strategy"] != "no":
+        samples_per_step = values["per_device_train_batch_size"] * values["gradient_accumulation_steps"] * world_size()
+        values["eval_strategy"] = "steps"
+        values["eval_steps"] = eval_steps_for(points, train_samples, samples_per_step, values["num_train_epochs"])
+    return build_training_arguments(values)
+
+
+def build_trainer(
+    recipe: Recipe, model_dir: Path, device: Device
+) -> tuple[WaimaiTrainer, EncodedSplit, EncodedSplit | None]:
+    """Tokenizer, encoded data, arguments, model and Trainer, with every input checked first."""
+    data = recipe.data
+    tokenizer = load_tokenizer(model_dir)
+    config = BaichuanConfig.from_pretrained(model_dir)
+    prompt_format = prompt_format_from_flags(config, data.prompt_template, data.label_words)
+    train_split = load_split(data.train_data, tokenizer, prompt_format, data.model_max_length, data.max_train_samples)
+    eval_split = None
+    if data.eval_data:
+        eval_split = load_split(data.eval_data, tokenizer, prompt_format, data.model_max_length, data.max_eval_samples)
+    for name, split in (("training", train_split), ("eval", eval_split)):
+        if split and split.truncated:
+            note(f"{split.truncated} of {len(split.examples)} {name} reviews are longer than "
+                 f"--model_max_length {data.model_max_length} tokens: cut to fit (counted in {SUMMARY_NAME})")
+    args = setup_training_arguments(recipe, device, len(train_split.examples))
+
+    # Under DeepSpeed the weights stay in the compute dtype (bf16: half the host memory, fp32 master copies live in
+    # the optimizer); the plain Trainer keeps fp32 weights and autocasts.
+    dtype = compute_dtype(device, args.bf16) if args.deepspeed else torch.float32
+    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
+    label_accuracy = None
+    if eval_split is not None:
+        label_accuracy = LabelAccuracy(
+            prompts=eval_split.prompts(),
+            gold=eval_split.answers,
+            label_words=prompt_format.label_words,
+            candidates=[prompt_format.label_ids(tokenizer, word) for word in prompt_format.label_words],
+            pad_token_id=config.pad_token_id,
+            batch_size=args.per_device_eval_batch_size,
+        )
+    step_metrics = StepMetricsCallback(
+        synchronize=lambda: synchronize(device),
+        flops_per_token=training_flops_per_token(model),
+        sequences_per_step=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        world_size=args.world_size,
+        peak_flops=peak_bf16_flops(device.name()) if args.bf16 else None,
+    )
+    trainer = WaimaiTrainer(
+        model=model,
+        args=args,
+        data_collator=PaddingCollator(config.pad_token_id, data.padding, data.model_max_length),
+        train_dataset=EncodedDataset(train_split.examples),
+        eval_dataset=EncodedDataset(eval_split.examples) if eval_split else None,
+        processing_class=tokenizer,
+        logits_at_labels_only=data.use_logits_at_labels_only(),
+        label_accuracy=label_accuracy,
+        step_metrics=step_metrics,
+    )
+    return trainer, train_split, eval_split
+
+
+def resolved_config(recipe: Recipe, args: TrainingArguments, device: Device) -> dict:
+    """Every setting's final value, as the run used it (run_config.json)."""
+    return {
+        "recipe": str(recipe.path),
+        "device": device.kind,
+        "processes": args.world_size,
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "model": dataclasses.asdict(recipe.model),
+        "data": dataclasses.asdict(recipe.data),
+        "training": args.to_dict(),
+    }
+
+
+def run_summary(
+    trainer: WaimaiTrainer,
+    train_metrics: dict,
+    model: str,
+    device: Device,
+    recipe: Recipe,
+    train_split: EncodedSplit,
+    eval_split: EncodedSplit | None,
+    resumed_from: str | None,
+) -> dict:
+    """Throughput, padding and memory of this run (collective: every process must call it)."""
+    args = trainer.args
+    real_tokens, all_tokens = trainer.token_totals()
+    peak_device = peak_memory_bytes(device)
+    runtime = train_metrics["train_runtime"]
+    return {
+        "model": model,
+        "device": device.kind,
+        "processes": args.world_size,
+        "precision": "bf16" if args.bf16 else "fp32",
+        "padding": recipe.data.padding,
+        "logits_at_labels_only": trainer.logits_at_labels_only,
+        "resumed_from": resumed_from,
+        "train_samples": len(train_split.examples),
+        "train_truncated": train_split.truncated,
+        "eval_samples": len(eval_split.examples) if eval_split else 0,
+        "eval_truncated": eval_split.truncated if eval_split else 0,
+        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "optimizer_steps": trainer.state.global_step,
+        "global_step": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
+        "train_runtime_s": runtime,  # includes the evaluations and saves made during training
+        "samples_per_second": train_metrics["train_samples_per_second"],
+        "tokens_per_second": real_tokens / runtime if runtime > 0 else None,  # non-padding tokens
+        "padding_share": 1 - real_tokens / all_tokens if all_tokens else None,
+        "peak_device_memory_bytes": None if peak_device is None else max_over_processes(peak_device, args.device),
+        "peak_host_memory_bytes": max_over_processes(peak_host_memory_bytes(), args.device),
+    }
+
+
+def train(recipe: Recipe, started: float) -> int:
+    flags = recipe.training
+    output_dir = Path(flags.output_dir)
+    model_dir = check_model_dir(recipe.model.model_name_or_path)
+    identity = run_identity(model_dir, recipe.data)
+    check_output_dir(output_dir, identity)
+    resume = resolve_resume(flags.resume_from_checkpoint, output_dir)
+    if resume and already_trained(output_dir, resume, flags.max_steps, flags.num_train_epochs):
+        note(f"{output_dir} already holds this run's final model ({Path(resume).name}); nothing to train")
+        return 0
+    if not resume and (output_dir / SUMMARY_NAME).is_file():
+        note(f"{output_dir} already holds a finished run ({SUMMARY_NAME}) and no checkpoint to continue from; "
+             "nothing to train (choose another --output_dir to train again)")
+        return 0
+    device = detect_device()
+    prepare_device(device, local_rank())
+    trainer, train_split, eval_split = build_trainer(recipe, model_dir, device)
+    args = trainer.args
+    barrier()  # every process has checked output_dir before the manifest appears in it
+    if trainer.is_world_process_zero():
+        if not (output_dir / MANIFEST_NAME).is_file():
+            write_json(output_dir / MANIFEST_NAME, identity)
+        write_json(output_dir / CONFIG_NAME, resolved_config(recipe, args, device))
+    if resume:
+        note(f"resuming from {resume}")
+
+    reset_peak_memory(device)
+    result = trainer.train(resume_from_checkpoint=resume)
+    eval_metrics = final_eval_metrics(trainer) if eval_split else {}
+    trainer.model.config.use_cache = True  # the Trainer turns the cache off for training; the saved model wants it
+    trainer.save_model(args.output_dir)
+    trainer.save_state()
+
+    summary = run_summary(trainer, result.metrics, identity["model"], device, recipe, train_split, eval_split, resume)
+    summary |= {"wall_time_s": time.perf_counter() - started} | {key: eval_metrics.get(key) for key in EVAL_KEYS}
+    if trainer.is_world_process_zero():
+        write_json(output_dir / SUMMARY_NAME, summary)
+        plot_curves(trainer.state.log_history, output_dir / CURVES_NAME)
+        accuracy = summary["eval_accuracy"]
+        print(
+            f"done: {summary['global_step']} steps in {summary['wall_time_s']:.0f} s, "
+            f"{summary['samples_per_second']:.1f} samples/s"
+            + (f", eval accuracy {accuracy:.4f}" if accuracy is not None else "")
+            + f"; model and {SUMMARY_NAME} in {output_dir}",
+            flush=True,
+        )
+    return 0
+
+
+def check_versions() -> None:
+    """Raise DataError (one line) when the installed stack differs from requirements.txt."""
+    problems = version_problems()
+    if problems:
+        raise DataError("; ".join(problems))
+
+
+def main(argv: list[str]) -> int:
+    started = time.perf_counter()
+
+    def work() -> int:
+        check_versions()
+        return train(parse_recipe(argv, DESCRIPTION), started)
+
+    # Printed once per machine, also when only one machine sees the problem.
+    return report_errors(work, print_here=local_rank() == 0)

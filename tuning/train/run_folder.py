@@ -1,0 +1,131 @@
+"""A training run's folder: its manifest and resolved configuration, its checkpoints, and the resume decision.
+
+Files train.py writes in OUTPUT_DIR:
+- run_manifest.json: what makes two runs the same run (model, data, encoding); a folder holding another run is
+  refused, and a re-run of the same run continues from its latest complete checkpoint;
+- run_config.json: every setting's final value (`{"recipe", "model", "data", "training"}`); run_test.py and
+  predict.py read the prompt settings from it;
+- train_summary.json, training_curves.png, checkpoint-N/ folders and the final model.
+"""
+
+import re
+from pathlib import Path
+
+from tuning.model.files import missing_model_files
+from tuning.runtime.errors import DataError
+from tuning.runtime.fileio import read_json
+
+MANIFEST_NAME = "run_manifest.json"
+CONFIG_NAME = "run_config.json"
+SUMMARY_NAME = "train_summary.json"
+CURVES_NAME = "training_curves.png"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+def missing_deepspeed_files(folder: str | Path) -> list[str]:
+    """What a DeepSpeed checkpoint lacks: DeepSpeed writes `latest` (naming the global_step folder) after the states.
+
+    A folder with neither `latest` nor a global_step folder is no DeepSpeed checkpoint and lacks nothing.
+    """
+    folder = Path(folder)
+    latest = folder / "latest"
+    if not latest.is_file():
+        return ["latest"] if any(folder.glob("global_step*")) else []
+    tag = latest.read_text(encoding="utf-8").strip()
+    if not tag or not (folder / tag).is_dir():
+        return [f"{tag or 'the folder'} named by latest"]
+    patterns = ("*model_states.pt", "*optim_states.pt")
+    return [f"{tag}/{pattern}" for pattern in patterns if not any((folder / tag).glob(pattern))]
+
+
+def is_complete_checkpoint(folder: Path) -> bool:
+    """The Trainer writes trainer_state.json last, so its presence marks a finished save (and DeepSpeed's states)."""
+    return (
+        (folder / "trainer_state.json").is_file()
+        and not missing_model_files(folder)
+        and not missing_deepspeed_files(folder)
+    )
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The `checkpoint-N` folder with the highest N that finished saving; interrupted ones are skipped."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    numbered = [
+        (int(match.group(1)), path)
+        for path in output_dir.iterdir()
+        if path.is_dir() and (match := CHECKPOINT_PATTERN.match(path.name))
+    ]
+    for _, path in sorted(numbered, reverse=True):
+        if is_complete_checkpoint(path):
+            return path
+    return None
+
+
+def check_output_dir(output_dir: Path, identity: dict) -> None:
+    """Refuse a folder that holds another run: a different manifest, or files but no manifest (logs aside)."""
+    manifest = output_dir / MANIFEST_NAME
+    if manifest.is_file():
+        recorded = read_json(manifest)
+        for key, value in identity.items():
+            if recorded.get(key) != value:
+                raise DataError(
+                    f"{output_dir} holds another run ({key}: {recorded.get(key)!r} there, {value!r} now); "
+                    "choose another --output_dir"
+                )
+    elif output_dir.is_dir():
+        foreign = sorted(path.name for path in output_dir.iterdir() if path.suffix != ".log")
+        if foreign:
+            raise DataError(
+                f"{output_dir} holds files but no {MANIFEST_NAME} (another run's? {', '.join(foreign[:3])}); "
+                "choose another --output_dir"
+            )
+
+
+def resolve_resume(value: str | None, output_dir: Path) -> str | None:
+    """`auto`: the latest complete checkpoint in output_dir, if any; otherwise a folder that must be complete."""
+    if value in (None, "", "auto"):
+        latest = latest_complete_checkpoint(output_dir)
+        return str(latest) if latest else None
+    if not is_complete_checkpoint(Path(value)):
+        raise DataError(f"--resume_from_checkpoint {value}: not a complete checkpoint folder")
+    return value
+
+
+def already_trained(output_dir: Path, checkpoint: str, max_steps: int, epochs: float) -> bool:
+    """The checkpoint reached the planned steps (or epochs) and output_dir holds the final outputs of that step.
+
+    Resumed at its last step with --max_steps, the Trainer would train one step more.
+    """
+    state = read_json(Path(checkpoint) / "trainer_state.json")
+    planned_done = state["global_step"] >= max_steps if max_steps > 0 else state["epoch"] >= epochs
+    summary_path = output_dir / SUMMARY_NAME
+    if not planned_done or not summary_path.is_file():
+        return False
+    return read_json(summary_path).get("global_step") == state["global_step"]
+
+
+def run_folder_of(model_dir: str | Path) -> Path:
+    """The training run folder of a saved model: the folder itself, or the parent of a checkpoint-N."""
+    model_dir = Path(model_dir)
+    return model_dir.parent if CHECKPOINT_PATTERN.match(model_dir.name) else model_dir
+
+
+def tuned_model_in(run_dir: str | Path) -> Path:
+    """The final model saved in a training run folder, else its latest complete `checkpoint-N`."""
+    run_dir = Path(run_dir)
+    if not missing_model_files(run_dir):
+        return run_dir
+    checkpoint = latest_complete_checkpoint(run_dir)
+    if checkpoint is None:
+        raise DataError(
+            f"{run_dir}: no final model and no complete checkpoint-N folder "
+            "(train one first with `bash ds_run_bf16.sh`)"
+        )
+    return checkpoint
+
+
+def recorded_run_config(model_dir: str | Path) -> tuple[Path, dict] | None:
+    """(path, contents) of the run_config.json written with a tuned model; None for a model trained elsewhere."""
+    path = run_folder_of(model_dir) / CONFIG_NAME
+    return (path, read_json(path)) if path.is_file() else None

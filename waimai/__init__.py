@@ -1,1 +1,0 @@
-"""Shared code of the waimai_10k Baichuan2 fine-tuning scripts (one job per module)."""
