@@ -65,6 +65,22 @@ def test_generate_returns_hidden_states_and_attentions_per_step(model, ids):
     assert out.attentions[0][0].shape == (2, HEADS, 7, 7) and out.attentions[2][1].shape == (2, HEADS, 1, 9)
 
 
+def test_assisted_decoding_with_recorded_attentions_equals_greedy(model):
+    model.set_attn_implementation("eager")
+    prompt = torch.tensor([[5, 6, 7, 5, 6, 7, 5, 6]])  # repeats, so that prompt lookup proposes candidates
+    greedy = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    assisted = model.generate(
+        prompt,
+        max_new_tokens=6,
+        do_sample=False,
+        prompt_lookup_num_tokens=2,
+        return_dict_in_generate=True,
+        output_attentions=True,
+    )
+    assert assisted.sequences.tolist() == greedy.tolist()
+    assert len(assisted.attentions) == 6 and assisted.attentions[0][0].shape == (1, HEADS, 8, 8)
+
+
 def test_sdpa_and_eager_give_the_same_logits(model, ids):
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
