@@ -4,6 +4,8 @@ Pre-norm decoder blocks (RMSNorm, packed QKV projection `W_pack`, NeoX-style rot
 float32, SiLU-gated MLP) and a NormHead: the output projection whose rows are L2-normalised before use.
 Attention goes through the transformers attention interface (eager, SDPA, flash attention, the Ascend
 fused attention), the KV cache is a standard `Cache` and generation is the standard `GenerationMixin`.
+Hidden states and attention weights are recorded by transformers' output-capturing hooks
+(`_can_record_outputs`), and the loss is transformers' `ForCausalLMLoss` (plus the optional z-loss).
 """
 
 import math
@@ -17,11 +19,15 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.generation import GenerationMixin
+from transformers.loss.loss_utils import ForCausalLMLoss
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel, slice_logits_to_keep
+from transformers.utils import can_return_tuple
 from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_baichuan import BaichuanConfig
 
@@ -167,30 +173,48 @@ class BaichuanDecoderLayer(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
 
 
-class NormHead(nn.Module):
-    """Output projection with L2-normalised vocabulary rows.
+class NormHead(nn.Linear):
+    """Output projection (a bias-free `nn.Linear`) with L2-normalised vocabulary rows.
 
-    Training normalises on the fly, so the gradient flows through the normalisation. Evaluation
-    normalises once and reuses the result until the next training forward (or a move or in-place change of
-    the weight); the stored weight is never modified.
+    Training, and any forward under autograd or `torch.compile`/`torch.export`, normalises on the fly, so
+    the gradient flows through the normalisation. An eager no-grad evaluation normalises once and reuses the
+    result while the weight stays the same: same parameter, same version (in-place updates bump it), no
+    `.to()`/`_apply` since, and no training forward since (DeepSpeed updates parameters through flat
+    buffers, which bumps no version). The stored weight is never modified.
     """
 
-    def __init__(self, hidden_size: int, vocab_size: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size))
+    def __init__(self, hidden_size: int, vocab_size: int, device=None, dtype=None):
+        super().__init__(hidden_size, vocab_size, bias=False, device=device, dtype=dtype)
         self._eval_weight: torch.Tensor | None = None
-        self._eval_weight_key: tuple | None = None
+        self._eval_weight_key: tuple[nn.Parameter, int] | None = None  # the parameter and version it was computed from
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "NormHead":
+        """A NormHead that takes over the weight of a bias-free `nn.Linear` (no copy)."""
+        if linear.bias is not None:
+            raise ValueError("NormHead has no bias: cannot take over a Linear layer with one")
+        head = cls(linear.in_features, linear.out_features, device="meta")
+        head.weight = linear.weight
+        return head
+
+    def reset_parameters(self) -> None:
+        """Official NormHead init: kaiming-uniform rows (the same as `nn.Linear`'s weight init)."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def _apply(self, fn, recurse: bool = True):
+        self._eval_weight = self._eval_weight_key = None
+        return super()._apply(fn, recurse)
 
     def normalized_weight(self) -> torch.Tensor:
         if self.training:
-            # Optimizers may update the weight through a flat buffer that bumps neither its version nor its pointer.
+            # Optimizers may update the weight through a flat buffer that bumps neither its version nor its identity.
             self._eval_weight = self._eval_weight_key = None
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return F.normalize(self.weight, dim=-1)
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype, self.weight.device)
-        if self._eval_weight_key != key:
+        source, version = self._eval_weight_key or (None, None)
+        if self._eval_weight is None or source is not self.weight or version != self.weight._version:
             self._eval_weight = F.normalize(self.weight.detach(), dim=-1)
-            self._eval_weight_key = key
+            self._eval_weight_key = (self.weight, self.weight._version)
         return self._eval_weight
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -207,7 +231,8 @@ class BaichuanPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
+    _can_compile_fullgraph = True
+    _can_record_outputs = {"hidden_states": BaichuanDecoderLayer, "attentions": BaichuanAttention}
 
     def _init_weights(self, module: nn.Module) -> None:
         """Official init: normal(0, initializer_range) for Linear and Embedding (padding row zero), NormHead kaiming-uniform."""
@@ -233,6 +258,8 @@ class BaichuanModel(BaichuanPreTrainedModel):
         self.embed_tokens = value
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -243,13 +270,11 @@ class BaichuanModel(BaichuanPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        """`output_hidden_states` / `output_attentions` (kwargs or config) add the per-layer outputs."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if position_ids is None:
@@ -271,17 +296,23 @@ class BaichuanModel(BaichuanPreTrainedModel):
 
 
 def causal_lm_loss(
-    logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch: int | torch.Tensor | None, z_loss_weight: float
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    vocab_size: int,
+    shift_labels: torch.Tensor | None = None,
+    z_loss_weight: float = 0.0,
+    **kwargs,
 ) -> torch.Tensor:
-    """Cross-entropy over flat [n, vocab] logits (targets -100 ignored), mean or sum / num_items_in_batch, plus z-loss."""
-    logits = logits.float()
-    if num_items_in_batch is None:
-        loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
-    else:
-        loss = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
-        loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device, dtype=loss.dtype)
+    """transformers' `ForCausalLMLoss` (labels or `shift_labels`, -100 ignored, `num_items_in_batch`) plus z-loss.
+
+    The z-loss is `z_loss_weight` times the mean squared max logit over the positions that predict a next
+    token: every position but the last with `labels` (as the official code), every given position with
+    `shift_labels`.
+    """
+    loss = ForCausalLMLoss(logits, labels, vocab_size, shift_labels=shift_labels, **kwargs)
     if z_loss_weight > 0:
-        loss = loss + z_loss_weight * logits.max(dim=-1).values.pow(2).mean()
+        predicting = logits if shift_labels is not None else logits[..., :-1, :]
+        loss = loss + z_loss_weight * predicting.float().max(dim=-1).values.pow(2).mean()
     return loss
 
 
@@ -290,15 +321,18 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = BaichuanModel(config)
         self.lm_head = NormHead(config.hidden_size, config.vocab_size)
+        self.loss_function = causal_lm_loss
         self.post_init()
 
     def get_output_embeddings(self) -> NormHead:
         return self.lm_head
 
-    def set_output_embeddings(self, new_embeddings: NormHead) -> None:
-        self.lm_head = new_embeddings
+    def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
+        """A plain `nn.Linear` (what `resize_token_embeddings` builds) becomes a NormHead on the same weight."""
+        self.lm_head = new_embeddings if isinstance(new_embeddings, NormHead) else NormHead.from_linear(new_embeddings)
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -310,14 +344,15 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         logits_at_labels_only: bool = False,
-        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """With `labels`, the loss is next-token cross-entropy (ignore -100) over shifted labels.
+        """With `labels`, the loss is next-token cross-entropy (ignore -100) by `causal_lm_loss`.
 
-        `logits_at_labels_only=True` (with `labels`) projects only the positions whose shifted label is
-        set: the cross-entropy is unchanged and `logits` has shape [num_label_positions, vocab_size]. The
-        z-loss (`z_loss_weight > 0`) then averages over those positions instead of over every position.
+        The targets are `labels` shifted left by one, or `shift_labels` when given (already aligned with the
+        positions, as transformers' `ForCausalLMLoss` takes them). `logits_at_labels_only=True` (with `labels`)
+        projects only the positions that have a target: the cross-entropy is unchanged and `logits` has shape
+        [num_label_positions, vocab_size]. The z-loss (`z_loss_weight > 0`) then averages over those positions
+        instead of over every position.
         """
         outputs = self.model(
             input_ids=input_ids,
@@ -329,17 +364,24 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        z_loss_weight = self.config.z_loss_weight
+        loss_kwargs = dict(kwargs, vocab_size=self.config.vocab_size, z_loss_weight=self.config.z_loss_weight)
         loss = None
         if labels is not None and logits_at_labels_only:
-            targets = labels[:, 1:]
+            targets = kwargs.get("shift_labels")
+            if targets is None:
+                targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
             selected = targets != IGNORE_INDEX
-            logits = self.lm_head(hidden_states[:, :-1][selected])
-            loss = causal_lm_loss(logits, targets[selected], num_items_in_batch, z_loss_weight)
+            logits = self.lm_head(hidden_states[selected])
+            loss_kwargs["shift_labels"] = targets[selected]
+            loss = self.loss_function(logits=logits, labels=labels, **loss_kwargs)
         else:
             logits = self.lm_head(slice_logits_to_keep(hidden_states, logits_to_keep))
             if labels is not None:
-                vocab_size = logits.shape[-1]
-                shifted = logits[:, :-1].reshape(-1, vocab_size)
-                loss = causal_lm_loss(shifted, labels[:, 1:].reshape(-1), num_items_in_batch, z_loss_weight)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+                loss = self.loss_function(logits=logits, labels=labels, **loss_kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import is_flash_attn_2_available
 
 from tuning.model.files import missing_model_files
@@ -41,9 +41,11 @@ def _import_code_package():
 _package = _import_code_package()
 BaichuanConfig = _package.BaichuanConfig
 BaichuanForCausalLM = _package.BaichuanForCausalLM
+BaichuanModel = _package.BaichuanModel
 BaichuanTokenizer = _package.BaichuanTokenizer
 
 AutoConfig.register(BaichuanConfig.model_type, BaichuanConfig, exist_ok=True)
+AutoModel.register(BaichuanConfig, BaichuanModel, exist_ok=True)
 AutoModelForCausalLM.register(BaichuanConfig, BaichuanForCausalLM, exist_ok=True)
 AutoTokenizer.register(BaichuanConfig, slow_tokenizer_class=BaichuanTokenizer, exist_ok=True)
 # save_pretrained then copies our code beside the weights and writes the official auto_map.
