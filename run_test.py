@@ -9,7 +9,7 @@ from rich.console import Console
 
 from waimai.baichuan import check_model_dir
 from waimai.cli import HelpFormatter, report_errors, whole_number
-from waimai.devices import compute_dtype, detect_device, prepare_device
+from waimai.devices import detect_device, inference_dtype, prepare_device
 from waimai.evaluation import (
     PROMPT_SETTINGS,
     TRAIN_DEFAULTS,
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "outputs",
                         help="folder for eval_results.json, eval_report.md and confusion_matrix.png")
     parser.add_argument("--fp32", action="store_true",
-                        help="compute in fp32 even on a device with native bf16")
+                        help="compute in fp32 even on an accelerator with native bf16 (the CPU always uses fp32)")
     return parser.parse_args(argv)
 
 
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
     check_output_folder(args.output_dir)
     device = detect_device()
     prepare_device(device)
-    dtype = compute_dtype(device, want_bf16=not args.fp32)
+    dtype = inference_dtype(device, want_bf16=not args.fp32)
     dtype_name = str(dtype).removeprefix("torch.")
     settings = EvalSettings(args.batch_size, args.max_new_tokens, args.max_samples, **prompt)
     console.print("prompt settings: " + prompt_line(prompt, sources, manifest), markup=False, soft_wrap=True)
