@@ -76,7 +76,8 @@ def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
     prepare_device(device)
     dtype = inference_dtype(device, want_bf16=not args.fp32)
     classifier = Classifier.load(model_dir, device, dtype, args.batch_size)
-    print(f"model {model_dir} ({device.kind}, {str(dtype).removeprefix('torch.')}), label words "
+    shown = model_dir.relative_to(Path.cwd()) if model_dir.is_relative_to(Path.cwd()) else model_dir
+    print(f"model {shown} ({device.kind}, {str(dtype).removeprefix('torch.')}), label words "
           f"{','.join(classifier.prompt_format.label_words)}: {len(reviews.texts)} reviews", file=sys.stderr)
     predictions = classifier.classify(reviews.texts, progress=args.input is not None)
     if reviews.empty:

@@ -166,7 +166,9 @@ BAD_INPUTS = {
     "JSONL without review": ("--input", "{tmp}/other.jsonl", "error: {tmp}/other.jsonl:1: missing key(s) review"),
     "unknown input kind": ("--input", "{tmp}/reviews.xlsx", "error: --input {tmp}/reviews.xlsx: the name must end in"),
     "no such model": ("--model", "{tmp}/no-model", "error: --model {tmp}/no-model: not found; train one with "
-                                                   "`bash ds_run_bf16.sh`"),
+                                                   "`bash ds_run_bf16.sh` or give another folder"),
+    "folder without a model": ("--model", "{tmp}/empty-run", "error: --model {tmp}/empty-run: no model "
+                                                            "(config.json and weights) and no complete checkpoint-N"),
     "model without tokenizer": ("--model", "{tmp}/no-tokenizer", "error: model folder {tmp}/no-tokenizer has no "
                                                                  "tokenizer.model"),
 }
@@ -182,6 +184,7 @@ def bad_files(trained, tmp_path) -> Path:
     (tmp_path / "gbk.jsonl").write_bytes('{"review": "好吃"}\n'.encode("gbk"))
     (tmp_path / "other.jsonl").write_text('{"text": "好吃"}\n', encoding="utf-8")
     (tmp_path / "reviews.xlsx").write_bytes(b"PK")
+    (tmp_path / "empty-run" / "checkpoint-2").mkdir(parents=True)  # an interrupted save
     shutil.copytree(trained["run"], tmp_path / "no-tokenizer", ignore=shutil.ignore_patterns("tokenizer.model"))
     return tmp_path
 

@@ -21,7 +21,7 @@ from waimai.waimai_csv import clean_review, csv_records, decode_csv
 INPUT_SUFFIXES = (".jsonl", ".csv", ".txt")
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
 OUTPUT_FIELDS = ("review", "label", "probability")
-HOW_TO_TRAIN = "train one with `bash ds_run_bf16.sh`, or pass --model"
+HOW_TO_TRAIN = "train one with `bash ds_run_bf16.sh`"
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def find_model(given: Path | None, default_runs: Sequence[Path]) -> Path:
     """
     if given is not None:
         if not given.exists():
-            raise DataError(f"--model {given}: not found; {HOW_TO_TRAIN}")
+            raise DataError(f"--model {given}: not found; {HOW_TO_TRAIN} or give another folder")
         try:
             return resolve_tuned_model(given)
         except DataError:
@@ -57,7 +57,9 @@ def find_model(given: Path | None, default_runs: Sequence[Path]) -> Path:
                 return resolve_tuned_model(run)
             except DataError:
                 continue
-    raise DataError(f"no tuned model in {' or '.join(str(run) for run in default_runs)}; {HOW_TO_TRAIN}")
+    raise DataError(
+        f"no tuned model in {' or '.join(str(run) for run in default_runs)}; {HOW_TO_TRAIN}, or pass --model"
+    )
 
 
 def check_output_name(path: Path) -> Path:
