@@ -13,30 +13,39 @@ import torch
 
 import predict
 import run_test
+from waimai.baichuan import load_tokenizer
 from waimai.devices import Device, detect_device, inference_dtype
-from waimai.evaluation import EvalSettings, evaluate_model, prompt_settings, training_manifest
+from waimai.evaluation import (
+    EvalSettings,
+    encode_eval_data,
+    evaluate_model,
+    load_for_inference,
+    prompt_settings,
+    training_manifest,
+)
 from waimai.fileio import read_jsonl, write_jsonl
 from waimai.metrics import classification_metrics
 from waimai.predicting import Classifier
+from waimai.scoring import label_log_probs
 from waimai.train_data import answer_word
 from waimai.training import main as train_main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "外卖评论：{review} -> "
-LABEL_WORDS = ("好评", "差评")
+LABEL_WORDS = ("好", "差")  # one token each, so that a cut prompt is the same whichever answer follows
 MAX_LENGTH = 40  # short enough that some eval reviews are cut
 
 
 @pytest.fixture(scope="module")
 def trained(make_review_data, make_tiny_base, tmp_path_factory) -> dict:
-    """A few steps of train.py with a non-default template, label words and length: a run folder with its manifest."""
+    """24 steps of train.py (enough to answer both labels) with a non-default template, label words and length: a run folder with its manifest."""
     data_dir = make_review_data(train_per_label=24, eval_per_label=12)
     base = make_tiny_base(data_dir, vocab_size=1000)
     run = tmp_path_factory.mktemp("predict") / "run"
     code = train_main([
         "--model_name_or_path", str(base), "--train_data", str(data_dir / "train.jsonl"), "--eval_data", "",
-        "--output_dir", str(run), "--max_steps", "6", "--per_device_train_batch_size", "8",
-        "--learning_rate", "1.5e-3", "--prompt_template", TEMPLATE, "--label_words", ",".join(LABEL_WORDS),
+        "--output_dir", str(run), "--max_steps", "24", "--per_device_train_batch_size", "8",
+        "--learning_rate", "3e-3", "--prompt_template", TEMPLATE, "--label_words", ",".join(LABEL_WORDS),
         "--model_max_length", str(MAX_LENGTH), "--save_strategy", "no", "--report_to", "none",
         "--disable_tqdm", "true",
     ])
@@ -62,13 +71,25 @@ def test_accuracy_equals_run_tests_label_scoring(trained, monkeypatch, capsys):
     gold = [answer_word(record["label"], LABEL_WORDS) for record in read_jsonl(trained["eval"])]
     predicted = [record["label"] for record in records]
 
+    # run_test cuts a long review to leave room for its gold answer, predict.py for the longest label word.
+    tokenizer = load_tokenizer(trained["run"])
+    assert [len(tokenizer.encode(word, add_special_tokens=False)) for word in LABEL_WORDS] == [1, 1]
     prompt, _ = prompt_settings({}, training_manifest(trained["run"]))
     assert prompt == {"prompt_template": TEMPLATE, "label_words": ",".join(LABEL_WORDS), "model_max_length": MAX_LENGTH}
     settings = EvalSettings(batch_size=4, max_new_tokens=1, max_samples=None, **prompt)
     evaluation = evaluate_model(trained["run"], trained["eval"], detect_device(), torch.float32, settings)
     ours = classification_metrics(gold, predicted, LABEL_WORDS)
+    assert set(predicted) == set(LABEL_WORDS)  # the model answers both, so equal accuracy is no coincidence
     assert ours["accuracy"] == evaluation.scoring["accuracy"]
     assert ours["confusion_matrix"] == evaluation.scoring["confusion_matrix"]
+
+    # and review by review: the probability is the softmax of run_test's label scores of the same prompts
+    _, prompt_format, split = encode_eval_data(trained["run"], trained["eval"], settings)
+    model = load_for_inference(trained["run"], detect_device(), torch.float32)
+    candidates = [prompt_format.label_ids(tokenizer, word) for word in LABEL_WORDS]
+    scores = label_log_probs(model, split.prompts(), candidates, model.config.pad_token_id, batch_size=4)
+    expected = scores.softmax(-1).max(-1).values.tolist()
+    assert [record["probability"] for record in records] == pytest.approx(expected, abs=1e-4)
     assert evaluation.truncated_prompts > 0
     assert f"cut {evaluation.truncated_prompts} reviews longer than model_max_length {MAX_LENGTH}" in err
 
