@@ -147,7 +147,11 @@ class Classifier:
         return [self.prompt_format.label_ids(self.tokenizer, word) for word in self.prompt_format.label_words]
 
     def prompts(self, reviews: list[str]) -> tuple[list[list[int]], int]:
-        """Each review's prompt ids, cut as in training so that any answer + eos still fits; and how many were cut."""
+        """Each review's prompt ids, cut as in training so that any answer + eos still fits; and how many were cut.
+
+        run_test.py leaves room for each eval review's own gold answer instead: the same cut when the label words
+        are equally long in tokens.
+        """
         room = self.model_max_length - 1 - max(len(ids) for ids in self.candidates())
         try:
             encoded = [self.prompt_format.prompt_ids(self.tokenizer, review, room) for review in reviews]
