@@ -1,6 +1,7 @@
 """Evaluation throughput: the original's one-review-at-a-time generation against batched label scoring.
 
-Both answer every review; the report gives reviews/s, the ratio and how often the two answers agree.
+Both answer every review; the report gives reviews/s, the ratio and how often the two answers agree. A third row
+times predict.py's path on a file of the same reviews (read the file, label scoring, write the JSONL answers).
 
 Run from the repository root:  python bench/eval_throughput.py   (or python -m bench.eval_throughput)
 """
@@ -27,15 +28,17 @@ from tuning.eval.evaluate import (
     prompt_settings,
 )
 from tuning.eval.generation import greedy_generate, parse_answer
+from tuning.eval.predicting import Classifier, read_input_file, write_predictions
 from tuning.eval.scoring import label_log_probs
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.devices import (
-    compute_dtype,
     detect_device,
+    inference_dtype,
     prepare_device,
     timed,
 )
 from tuning.runtime.errors import DataError, report_errors
+from tuning.runtime.fileio import read_jsonl, write_jsonl
 from tuning.train.run_folder import tuned_model_in
 
 DEMO_MODEL = REPO_ROOT / "output" / "demo" / "tiny-tuned"
@@ -62,7 +65,7 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     model_dir = tuned_model_dir(args.model)
     device = detect_device()
     prepare_device(device)
-    dtype = compute_dtype(device, want_bf16=not args.fp32)
+    dtype = inference_dtype(device, want_bf16=not args.fp32)
     for line in header_lines(device, dtype):
         print(line, flush=True)
     # The prompts the model was trained with (its run_config.json), as run_test.py uses them.
@@ -72,35 +75,46 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="eval_throughput.") as workdir:
         eval_file = split_jsonl(args.data, "eval", Path(workdir))
         tokenizer, prompt_format, split = encode_eval_data(model_dir, eval_file, settings)
-    label_words = prompt_format.label_words
-    prompts = split.prompts()
-    model = load_for_inference(model_dir, device, dtype)
-    candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
-    pad_token_id, eos_token_id = model.config.pad_token_id, prompt_format.eos_token_id
+        review_file, answer_file = Path(workdir) / "reviews.jsonl", Path(workdir) / "answers.jsonl"
+        write_jsonl(review_file, [{"review": record["review"]} for record in read_jsonl(eval_file)[: args.reviews]])
+        label_words = prompt_format.label_words
+        prompts = split.prompts()
+        model = load_for_inference(model_dir, device, dtype)
+        candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
+        pad_token_id, eos_token_id = model.config.pad_token_id, prompt_format.eos_token_id
+        classifier = Classifier(model, tokenizer, prompt_format, args.model_max_length, args.batch_size)
 
-    def generate(batch: list[list[int]]) -> list[list[int]]:
-        return greedy_generate(model, batch, pad_token_id, eos_token_id, args.max_new_tokens, batch_size=1)
+        def generate(batch: list[list[int]]) -> list[list[int]]:
+            return greedy_generate(model, batch, pad_token_id, eos_token_id, args.max_new_tokens, batch_size=1)
 
-    def score(batch: list[list[int]]) -> torch.Tensor:
-        return label_log_probs(model, batch, candidates, pad_token_id, args.batch_size)
+        def score(batch: list[list[int]]) -> torch.Tensor:
+            return label_log_probs(model, batch, candidates, pad_token_id, args.batch_size)
 
-    methods = {"generation": generate, "scoring": score}
-    for method in methods.values():  # warm-up, untimed
-        method(prompts[: args.batch_size])
-    seconds = {name: [] for name in methods}
-    outputs = {}
-    for round_index in range(args.rounds):
-        order = list(methods) if round_index % 2 == 0 else list(methods)[::-1]
-        for name in order:
-            outputs[name], elapsed = timed(device, partial(methods[name], prompts))
-            seconds[name].append(elapsed)
-            print(f"round {round_index + 1}/{args.rounds}  {name}: {len(prompts) / elapsed:.1f} reviews/s",
-                  file=sys.stderr, flush=True)
+        def predict_file() -> list[str]:
+            """predict.py --input reviews.jsonl --output answers.jsonl, the model already loaded."""
+            predictions = classifier.classify(read_input_file(review_file).texts)
+            write_predictions(predictions.records, answer_file, sys.stdout)
+            return [record["label"] for record in predictions.records]
+
+        methods = {"generation": partial(generate, prompts), "scoring": partial(score, prompts),
+                   "predict": predict_file}
+        generate(prompts[: args.batch_size])  # warm-up, untimed
+        score(prompts[: args.batch_size])
+        seconds = {name: [] for name in methods}
+        outputs = {}
+        for round_index in range(args.rounds):
+            order = list(methods) if round_index % 2 == 0 else list(methods)[::-1]
+            for name in order:
+                outputs[name], elapsed = timed(device, methods[name])
+                seconds[name].append(elapsed)
+                print(f"round {round_index + 1}/{args.rounds}  {name}: {len(prompts) / elapsed:.1f} reviews/s",
+                      file=sys.stderr, flush=True)
 
     generated = [parse_answer(tokenizer.decode(ids, skip_special_tokens=True), label_words)
                  for ids in outputs["generation"]]
     scored = [label_words[index] for index in outputs["scoring"].argmax(dim=-1).tolist()]
-    return report(args, model_dir, model, len(prompts), seconds, split.answers, generated, scored)
+    answers = {"generation": generated, "scoring": scored, "predict": outputs["predict"]}
+    return report(args, model_dir, model, len(prompts), seconds, split.answers, answers)
 
 
 def report(
@@ -110,19 +124,19 @@ def report(
     count: int,
     seconds: dict[str, list[float]],
     gold: list[str],
-    generated: list[str | None],
-    scored: list[str],
+    answers: dict[str, list[str | None]],
 ) -> list[str]:
     """The table, the agreement and, last, `speedup_vs_original: <ratio>`."""
     rate = {name: count * len(times) / sum(times) for name, times in seconds.items()}
-    accuracy = {name: sum(g == p for g, p in zip(gold, predicted)) / count
-                for name, predicted in (("generation", generated), ("scoring", scored))}
-    rows = [
-        ["original", f"generate {args.max_new_tokens} tokens, 1 review per call",
-         f"{rate['generation']:.1f}", f"{1000 / rate['generation']:.1f}", f"{accuracy['generation']:.1%}"],
-        ["ours", f"label scoring, {args.batch_size} reviews per batch",
-         f"{rate['scoring']:.1f}", f"{1000 / rate['scoring']:.1f}", f"{accuracy['scoring']:.1%}"],
-    ]
+    accuracy = {name: sum(g == p for g, p in zip(gold, predicted)) / count for name, predicted in answers.items()}
+    how = {
+        "generation": ("original", f"generate {args.max_new_tokens} tokens, 1 review per call"),
+        "scoring": ("ours", f"label scoring, {args.batch_size} reviews per batch"),
+        "predict": ("predict.py", "--input .jsonl --output .jsonl, model loaded"),
+    }
+    rows = [[*how[name], f"{rate[name]:.1f}", f"{1000 / rate[name]:.1f}", f"{accuracy[name]:.1%}"] for name in how]
+    generated, scored = answers["generation"], answers["scoring"]
+    same_as_scoring = sum(p == s for p, s in zip(answers["predict"], scored))
     agree = sum(g == s for g, s in zip(generated, scored))
     unparsed = sum(answer is None for answer in generated)
     per_round = [g / s for g, s in zip(seconds["generation"], seconds["scoring"])]
@@ -137,7 +151,8 @@ def report(
         *format_table(["method", "how", "reviews/s", "ms/review", "accuracy"], rows, text_columns=2),
         "",
         f"agreement: {agree / count:.1%} of reviews get the same label from both ({agree}/{count}); "
-        f"{unparsed} generated answers start with no label word",
+        f"{unparsed} generated answers start with no label word; predict.py gives label scoring's label on "
+        f"{same_as_scoring}/{count}",
         "speedup per round (scoring / generation): " + ", ".join(f"{ratio:.2f}" for ratio in per_round),
         f"speedup_vs_original: {rate['scoring'] / rate['generation']:.2f}",
     ]
@@ -150,7 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "and read the label word from the text) against label scoring (one batched forward pass compares the "
             "log-probability of each label word after the prompt). Both run on the same eval reviews with the "
             "same fine-tuned model, round after round; prints reviews/s, the ratio, each method's accuracy and "
-            "how often the two answers agree. The last line is `speedup_vs_original: <ratio>`. Runs on the NPU "
+            "how often the two answers agree. predict.py's path on a file of the same reviews (read, score, write "
+            "the answers) is timed too. The last line is `speedup_vs_original: <ratio>`. Runs on the NPU "
             "or GPU when there is one (bf16), else on the CPU (fp32)."
         ),
         formatter_class=HelpFormatter,

@@ -132,7 +132,8 @@ def test_eval_throughput_compares_generation_with_scoring(bench_files, capsys):
     agreement = next(line for line in lines if line.startswith("agreement:"))
     assert 0 <= float(re.search(r"(\d+\.\d)%", agreement).group(1)) <= 100
     assert "/8)" in agreement  # counted over the 8 reviews asked for
-    for name in ("original", "ours"):
+    assert agreement.endswith("predict.py gives label scoring's label on 8/8")
+    for name in ("original", "ours", "predict.py"):
         assert float(table_row(lines, name).split()[-3]) > 0  # reviews/s
 
 

@@ -36,3 +36,9 @@ def tiny_baichuan(seed: int = 0) -> BaichuanForCausalLM:
 
 def build_model(kind: str, seed: int = 0):
     return tiny_llama(seed) if kind == "llama" else tiny_baichuan(seed)
+
+
+# train.py flags that run the default (7B) recipe in one plain process on a tiny model: no DeepSpeed, the batch as
+# given, no gradient checkpointing, evaluation as --eval_strategy says.
+ONE_PROCESS_FLAGS = ["--deepspeed", "", "--global_batch_size", "0", "--gradient_checkpointing", "false",
+                     "--eval_points_per_epoch", "0"]

@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import VOCAB_SIZE, tiny_baichuan
 from transformers import AutoModel, CompileConfig
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
-from tests.tiny_models import VOCAB_SIZE, tiny_baichuan
-from waimai.baichuan import BaichuanForCausalLM, BaichuanModel
+from tuning.model.baichuan import BaichuanForCausalLM, BaichuanModel
 
 LAYERS, HEADS, HIDDEN = 2, 4, 128  # tiny_baichuan's shape
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import ONE_PROCESS_FLAGS
 
 from tuning.data.collate import PaddingCollator
 from tuning.data.encode import answer_word, load_split
@@ -45,9 +46,7 @@ def tiny_base(data_dir, make_tiny_base):
 def _flags(tiny_base, data_dir, output_dir, *extra):
     """The 7B recipe in one plain process: no DeepSpeed, the batch as given, no gradient checkpointing."""
     return [
-        "--deepspeed", "", "--global_batch_size", "0", "--per_device_train_batch_size", "8",
-        "--gradient_checkpointing", "false", "--eval_points_per_epoch", "0",
-        "--model_name_or_path", str(tiny_base), "--train_data", str(data_dir / "train.jsonl"),
+        *ONE_PROCESS_FLAGS, "--per_device_train_batch_size", "8", "--model_name_or_path", str(tiny_base), "--train_data", str(data_dir / "train.jsonl"),
         "--eval_data", str(data_dir / "eval.jsonl"), "--output_dir", str(output_dir), "--report_to", "none",
         "--disable_tqdm", "true", *extra,
     ]

@@ -9,6 +9,7 @@ import unicodedata
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,33 +105,16 @@ def read_rows(path: str | Path) -> tuple[list[Row], dict]:
     text, encoding = decode_csv(path, raw)
     if not text.strip():
         raise DataError(f"{path}: the file is empty")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader)
-        names = [name.strip().lower() for name in header]
-        missing = [column for column in COLUMNS if column not in names]
-        if missing:
-            found = ", ".join(repr(name) for name in header)
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found columns: {found}")
-        label_at, review_at = names.index("label"), names.index("review")
-        rows, rows_read, empty, changed = [], 0, 0, 0
-        line = reader.line_num + 1
-        for fields in reader:
-            if any(field.strip() for field in fields):
-                rows_read += 1
-                if len(fields) != len(header):
-                    raise DataError(f"{path}: line {line}: {len(fields)} fields, the header has {len(header)} "
-                                    "(quote a review that contains commas)")
-                label = parse_label(path, line, fields[label_at])
-                review = clean_review(fields[review_at])
-                changed += review != fields[review_at]
-                if review:
-                    rows.append(Row(label, review))
-                else:
-                    empty += 1
-            line = reader.line_num + 1
-    except csv.Error as error:
-        raise DataError(f"{path}: line {reader.line_num}: bad CSV ({error})") from None
+    rows, rows_read, empty, changed = [], 0, 0, 0
+    for line, (label_text, raw_review) in csv_records(path, text, COLUMNS):
+        rows_read += 1
+        label = parse_label(path, line, label_text)
+        review = clean_review(raw_review)
+        changed += review != raw_review
+        if review:
+            rows.append(Row(label, review))
+        else:
+            empty += 1
     if not rows_read:
         raise DataError(f"{path}: no data rows under the header")
     stats = {
@@ -142,6 +126,33 @@ def read_rows(path: str | Path) -> tuple[list[Row], dict]:
         "empty_review": empty,
     }
     return rows, stats
+
+
+def csv_records(path: Path, text: str, columns: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
+    """(line number, the fields of `columns`) for each non-blank row; header names match in any case and spacing.
+
+    A missing column (the columns found are listed), a row with another field count than the header or bad quoting
+    is a DataError naming the file and line.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+        names = [name.strip().lower() for name in header]
+        missing = [column for column in columns if column not in names]
+        if missing:
+            found = ", ".join(repr(name) for name in header)
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found columns: {found}")
+        positions = [names.index(column) for column in columns]
+        line = reader.line_num + 1
+        for fields in reader:
+            if any(field.strip() for field in fields):
+                if len(fields) != len(header):
+                    raise DataError(f"{path}: line {line}: {len(fields)} fields, the header has {len(header)} "
+                                    "(quote a review that contains commas)")
+                yield line, [fields[position] for position in positions]
+            line = reader.line_num + 1
+    except csv.Error as error:
+        raise DataError(f"{path}: line {reader.line_num}: bad CSV ({error})") from None
 
 
 def parse_label(path: Path, line: int, value: str) -> int:

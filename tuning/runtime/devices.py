@@ -113,6 +113,11 @@ def compute_dtype(device: Device, want_bf16: bool) -> torch.dtype:
     return torch.bfloat16 if want_bf16 and device.bf16 else torch.float32
 
 
+def inference_dtype(device: Device, want_bf16: bool = True) -> torch.dtype:
+    """Label scoring and generation: bf16 on an accelerator that has it, fp32 on any CPU (bf16 ties label scores)."""
+    return compute_dtype(device, want_bf16 and device.kind != "cpu")
+
+
 def reset_peak_memory(device: Device) -> None:
     if device.kind != "cpu":
         device.module().reset_peak_memory_stats()

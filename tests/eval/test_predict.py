@@ -1,0 +1,250 @@
+"""predict.py on a tiny model tuned by train.py: the same answers as run_test's label scoring, every input, bad input."""
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import ONE_PROCESS_FLAGS
+
+import predict
+import run_test
+from tuning.data.encode import answer_word
+from tuning.eval.evaluate import (
+    EvalSettings,
+    encode_eval_data,
+    evaluate_model,
+    load_for_inference,
+    prompt_settings,
+)
+from tuning.eval.metrics import classification_metrics
+from tuning.eval.predicting import Classifier
+from tuning.eval.scoring import label_log_probs
+from tuning.model.baichuan import load_tokenizer
+from tuning.runtime.devices import Device, detect_device, inference_dtype
+from tuning.runtime.fileio import read_jsonl, write_jsonl
+from tuning.runtime.paths import REPO_ROOT
+from tuning.train.run import main as train_main
+
+TEMPLATE = "外卖评论：{review} -> "
+LABEL_WORDS = ("好", "差")  # one token each, so that a cut prompt is the same whichever answer follows
+MAX_LENGTH = 40  # short enough that some eval reviews are cut
+
+
+@pytest.fixture(scope="module")
+def trained(make_review_data, make_tiny_base, tmp_path_factory) -> dict:
+    """24 steps of train.py (enough to answer both labels) with a non-default template, label words and length: a run folder with its manifest."""
+    data_dir = make_review_data(train_per_label=24, eval_per_label=12)
+    base = make_tiny_base(data_dir, vocab_size=1000)
+    run = tmp_path_factory.mktemp("predict") / "run"
+    code = train_main([
+        *ONE_PROCESS_FLAGS, "--model_name_or_path", str(base), "--train_data", str(data_dir / "train.jsonl"), "--eval_data", "",
+        "--output_dir", str(run), "--max_steps", "24", "--per_device_train_batch_size", "8",
+        "--learning_rate", "3e-3", "--prompt_template", TEMPLATE, "--label_words", ",".join(LABEL_WORDS),
+        "--model_max_length", str(MAX_LENGTH), "--save_strategy", "no", "--report_to", "none",
+        "--disable_tqdm", "true",
+    ])
+    assert code == 0
+    eval_file = data_dir / "eval.jsonl"
+    return {"run": run, "eval": eval_file, "reviews": [record["review"] for record in read_jsonl(eval_file)]}
+
+
+def predict_main(argv: list[str], monkeypatch, capsys, stdin: bytes = b"") -> tuple[int, list[dict], str]:
+    """predict.py in this process: exit code, the JSON lines it printed, its stderr."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    code = predict.main(argv)
+    captured = capsys.readouterr()
+    return code, [json.loads(line) for line in captured.out.splitlines()], captured.err
+
+
+def test_accuracy_equals_run_tests_label_scoring(trained, monkeypatch, capsys):
+    code, records, err = predict_main(["--model", str(trained["run"]), "--input", str(trained["eval"])],
+                                      monkeypatch, capsys)
+    assert code == 0, err
+    assert [record["review"] for record in records] == trained["reviews"]
+    assert {record["label"] for record in records} <= set(LABEL_WORDS)  # the training run's words, not 积极/消极
+    gold = [answer_word(record["label"], LABEL_WORDS) for record in read_jsonl(trained["eval"])]
+    predicted = [record["label"] for record in records]
+
+    # run_test cuts a long review to leave room for its gold answer, predict.py for the longest label word.
+    tokenizer = load_tokenizer(trained["run"])
+    assert [len(tokenizer.encode(word, add_special_tokens=False)) for word in LABEL_WORDS] == [1, 1]
+    prompt, _, _ = prompt_settings({}, trained["run"])
+    assert prompt == {"prompt_template": TEMPLATE, "label_words": ",".join(LABEL_WORDS), "model_max_length": MAX_LENGTH}
+    settings = EvalSettings(batch_size=4, max_new_tokens=1, max_samples=None, **prompt)
+    evaluation = evaluate_model(trained["run"], trained["eval"], detect_device(), torch.float32, settings)
+    ours = classification_metrics(gold, predicted, LABEL_WORDS)
+    assert set(predicted) == set(LABEL_WORDS)  # the model answers both, so equal accuracy is no coincidence
+    assert ours["accuracy"] == evaluation.scoring["accuracy"]
+    assert ours["confusion_matrix"] == evaluation.scoring["confusion_matrix"]
+
+    # and review by review: the probability is the softmax of run_test's label scores of the same prompts
+    _, prompt_format, split = encode_eval_data(trained["run"], trained["eval"], settings)
+    model = load_for_inference(trained["run"], detect_device(), torch.float32)
+    candidates = [prompt_format.label_ids(tokenizer, word) for word in LABEL_WORDS]
+    scores = label_log_probs(model, split.prompts(), candidates, model.config.pad_token_id, batch_size=4)
+    expected = scores.softmax(-1).max(-1).values.tolist()
+    assert [record["probability"] for record in records] == pytest.approx(expected, abs=1e-4)
+    assert evaluation.truncated_prompts > 0
+    assert f"cut {evaluation.truncated_prompts} reviews longer than model_max_length {MAX_LENGTH}" in err
+
+
+def test_arguments_stdin_and_files_give_the_same_answers(trained, tmp_path, monkeypatch, capsys):
+    reviews = trained["reviews"][:5]
+    model = ["--model", str(trained["run"])]
+    code, from_arguments, _ = predict_main([*model, *reviews], monkeypatch, capsys)
+    assert code == 0
+    assert [record["review"] for record in from_arguments] == reviews
+    lines = "\n".join([reviews[0], "", *reviews[1:], "  "]) + "\n"
+    code, from_stdin, err = predict_main(model, monkeypatch, capsys, stdin=lines.encode("utf-8"))
+    assert code == 0 and "skipped 2 empty reviews" in err
+
+    (tmp_path / "in.txt").write_text(lines, encoding="utf-8")
+    write_jsonl(tmp_path / "in.jsonl", [{"id": index, "review": review} for index, review in enumerate(reviews)])
+    with (tmp_path / "in.csv").open("w", encoding="gb18030", newline="") as handle:  # as Excel saves it in China
+        writer = csv.writer(handle)
+        writer.writerow(["id", " Review "])
+        writer.writerows(enumerate(reviews))
+    outputs = {}
+    for name in ("in.txt", "in.jsonl", "in.csv"):
+        code, outputs[name], err = predict_main([*model, "--input", str(tmp_path / name)], monkeypatch, capsys)
+        assert code == 0, err
+    assert from_stdin == from_arguments
+    assert all(output == from_arguments for output in outputs.values())
+
+    for name in ("out.jsonl", "out.csv"):
+        code, printed, err = predict_main([*model, "--output", str(tmp_path / name), *reviews], monkeypatch, capsys)
+        assert code == 0 and printed == [] and f"wrote {tmp_path / name}" in err
+    assert read_jsonl(tmp_path / "out.jsonl") == from_arguments
+    with (tmp_path / "out.csv").open(encoding="utf-8-sig", newline="") as handle:
+        rows = [row | {"probability": float(row["probability"])} for row in csv.DictReader(handle)]
+    assert rows == from_arguments
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_order_is_kept_across_length_sorted_batches(trained):
+    reviews = sorted(trained["reviews"][:9], key=len)
+    mixed = [reviews[index] for index in (4, 0, 8, 1, 7, 2, 6, 3, 5)]  # short and long interleaved
+    classifier = Classifier.load(trained["run"], detect_device(), torch.float32, batch_size=2)
+    together = classifier.classify(mixed)
+    alone = [classifier.classify([review]) for review in mixed]
+    assert [record["review"] for record in together.records] == mixed
+    assert [record["label"] for record in together.records] == [single.records[0]["label"] for single in alone]
+    expected = torch.cat([single.probabilities for single in alone])
+    torch.testing.assert_close(together.probabilities, expected, atol=1e-4, rtol=0)
+
+
+def test_probabilities_are_a_softmax_over_the_label_words(trained):
+    classifier = Classifier.load(trained["run"], detect_device(), torch.float32)
+    predictions = classifier.classify(trained["reviews"])
+    assert predictions.probabilities.shape == (len(trained["reviews"]), len(LABEL_WORDS))
+    torch.testing.assert_close(predictions.probabilities.sum(-1), torch.ones(len(trained["reviews"])))
+    for record, row in zip(predictions.records, predictions.probabilities):
+        assert record["label"] == LABEL_WORDS[int(row.argmax())]
+        assert record["probability"] == round(float(row.max()), 4) >= 0.5
+
+
+def test_the_default_model_is_the_latest_tuned_run(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", trained["run"]))
+    code, records, err = predict_main(["好吃"], monkeypatch, capsys)
+    assert code == 0 and records[0]["label"] in LABEL_WORDS
+    assert f"model {trained['run']} (cpu, float32)" in err
+
+
+def test_the_cpu_computes_in_fp32_even_with_native_bf16(trained, tmp_path, monkeypatch, capsys):
+    assert inference_dtype(Device("cpu", 1, bf16=True)) == torch.float32
+    assert inference_dtype(Device("cuda", 1, bf16=True)) == torch.bfloat16
+    assert inference_dtype(Device("cuda", 1, bf16=True), want_bf16=False) == torch.float32
+    bf16_cpu = Device("cpu", 1, bf16=True)
+    monkeypatch.setattr(predict, "detect_device", lambda: bf16_cpu)
+    code, _, err = predict_main(["--model", str(trained["run"]), "好吃"], monkeypatch, capsys)
+    assert code == 0 and "(cpu, float32)" in err
+    monkeypatch.setattr(run_test, "detect_device", lambda: bf16_cpu)
+    output_dir = tmp_path / "outputs"
+    assert run_test.main(["--base_model", str(trained["run"]), "--tuned_model", str(trained["run"]),
+                          "--eval_data", str(trained["eval"]), "--max_samples", "2", "--num_examples", "1",
+                          "--max_new_tokens", "1", "--output_dir", str(output_dir)]) == 0
+    assert json.loads((output_dir / "eval_results.json").read_text(encoding="utf-8"))["dtype"] == "float32"
+
+
+BAD_INPUTS = {
+    "missing file": ("--input", "{tmp}/absent.jsonl", "error: --input {tmp}/absent.jsonl: file not found"),
+    "empty file": ("--input", "{tmp}/empty.txt", "error: --input {tmp}/empty.txt: the file is empty"),
+    "blank reviews only": ("--input", "{tmp}/blank.csv", "error: --input {tmp}/blank.csv: no reviews (2 empty)"),
+    "csv without a review column": (
+        "--input", "{tmp}/columns.csv",
+        "error: {tmp}/columns.csv: missing column(s) review; found columns: 'id', 'text'"),
+    "neither UTF-8 nor GB18030": (
+        "--input", "{tmp}/binary.csv", "error: {tmp}/binary.csv: line 2: neither UTF-8 nor GB18030 text (byte 0xff)"),
+    "UTF-16 text": ("--input", "{tmp}/utf16.txt", "error: {tmp}/utf16.txt: the file is UTF-16"),
+    "JSONL not in UTF-8": (
+        "--input", "{tmp}/gbk.jsonl", "error: --input {tmp}/gbk.jsonl: line 1: not UTF-8 text (byte 0xba)"),
+    "JSONL without review": ("--input", "{tmp}/other.jsonl", "error: {tmp}/other.jsonl:1: missing key(s) review"),
+    "unknown input kind": ("--input", "{tmp}/reviews.xlsx", "error: --input {tmp}/reviews.xlsx: the name must end in"),
+    "no such model": ("--model", "{tmp}/no-model", "error: --model {tmp}/no-model: not found; train one with "
+                                                   "`bash ds_run_bf16.sh` or give another folder"),
+    "folder without a model": ("--model", "{tmp}/empty-run", "error: --model {tmp}/empty-run: no model "
+                                                            "(config.json and weights) and no complete checkpoint-N"),
+    "model without tokenizer": ("--model", "{tmp}/no-tokenizer", "error: model folder {tmp}/no-tokenizer has no "
+                                                                 "tokenizer.model"),
+}
+
+
+@pytest.fixture
+def bad_files(trained, tmp_path) -> Path:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "blank.csv").write_text("id,review\n1, \n2,\"\t\"\n", encoding="utf-8")
+    (tmp_path / "columns.csv").write_text("id,text\n1,好吃\n", encoding="utf-8")
+    (tmp_path / "binary.csv").write_bytes(b"review\n\xff\xfe\xfd\n")
+    (tmp_path / "utf16.txt").write_bytes("好吃\n".encode("utf-16"))
+    (tmp_path / "gbk.jsonl").write_bytes('{"review": "好吃"}\n'.encode("gbk"))
+    (tmp_path / "other.jsonl").write_text('{"text": "好吃"}\n', encoding="utf-8")
+    (tmp_path / "reviews.xlsx").write_bytes(b"PK")
+    (tmp_path / "empty-run" / "checkpoint-2").mkdir(parents=True)  # an interrupted save
+    shutil.copytree(trained["run"], tmp_path / "no-tokenizer", ignore=shutil.ignore_patterns("tokenizer.model"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_one_line_error_and_writes_nothing(trained, bad_files, monkeypatch, capsys, case):
+    flag, value, message = BAD_INPUTS[case]
+    value = value.format(tmp=bad_files)
+    flags = [flag, value] if flag == "--model" else ["--model", str(trained["run"]), flag, value]
+    output = bad_files / "out.jsonl"
+    code, printed, err = predict_main([*flags, "--output", str(output)], monkeypatch, capsys)
+    assert code == 2 and printed == []
+    assert len(err.strip().splitlines()) == 1 and err.startswith(message.format(tmp=bad_files)), err
+    assert not output.exists() and not list(bad_files.glob(".out.jsonl.*"))
+
+
+def test_other_mistakes_are_one_line_errors(trained, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", tmp_path / "tiny-tuned"))
+    cases = [
+        (["好吃"], f"error: no tuned model in {tmp_path / 'baichuan2-7b-waimai'} or {tmp_path / 'tiny-tuned'}; "
+                   "train one with `bash ds_run_bf16.sh`, or pass --model"),
+        (["--model", str(trained["run"]), "--input", str(trained["eval"]), "好吃"],
+         "error: give reviews as arguments or with --input FILE, not both"),
+        (["--model", str(trained["run"]), "--output", str(tmp_path / "out.txt"), "好吃"],
+         f"error: --output {tmp_path / 'out.txt'}: the name must end in .jsonl or .csv"),
+        (["--model", str(trained["run"])], "error: no reviews on stdin (2 empty lines)"),
+    ]
+    for argv, message in cases:
+        code, printed, err = predict_main(argv, monkeypatch, capsys, stdin=b"\n \n")
+        assert (code, printed, err) == (2, [], message + "\n")
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_command_line_reads_stdin_and_prints_json_lines(trained):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "predict.py"), "--model", str(trained["run"])],
+        input="\n".join(trained["reviews"][:3]) + "\n", capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [record["review"] for record in records] == trained["reviews"][:3]
+    assert all(set(record) == {"review", "label", "probability"} for record in records)

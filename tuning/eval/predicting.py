@@ -1,0 +1,191 @@
+"""predict.py's work: read reviews (arguments, stdin or a file), label them with a tuned model, write the answers."""
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import torch
+from rich.console import Console
+
+from tuning.data.prompt import PromptFormat, prompt_format_from_flags
+from tuning.data.waimai_csv import clean_review, csv_records, decode_csv
+from tuning.eval.evaluate import load_for_inference, prompt_settings
+from tuning.eval.scoring import label_log_probs
+from tuning.model.baichuan import BaichuanConfig, BaichuanForCausalLM, BaichuanTokenizer, load_tokenizer
+from tuning.runtime.devices import Device
+from tuning.runtime.errors import DataError
+from tuning.runtime.fileio import atomic_writer, dump_jsonl, read_jsonl, write_jsonl
+from tuning.train.run_folder import tuned_model_in
+
+INPUT_SUFFIXES = (".jsonl", ".csv", ".txt")
+OUTPUT_SUFFIXES = (".jsonl", ".csv")
+OUTPUT_FIELDS = ("review", "label", "probability")
+HOW_TO_TRAIN = "train one with `bash ds_run_bf16.sh`"
+
+
+@dataclass(frozen=True)
+class Reviews:
+    texts: list[str]  # cleaned as make_data.py cleans training reviews; none empty; in input order
+    empty: int  # reviews skipped because nothing was left after cleaning
+
+
+@dataclass(frozen=True)
+class Predictions:
+    records: list[dict]  # {"review", "label", "probability"} per review, in input order
+    probabilities: torch.Tensor  # softmax over the label words' scores, [reviews, label words]
+    truncated: int  # reviews cut to fit the training run's model_max_length
+
+
+def find_model(given: Path | None, default_runs: Sequence[Path]) -> Path:
+    """`given` (a model folder or a training output folder), else the first of `default_runs` that holds a model.
+
+    A training output folder gives its final model, else its latest complete checkpoint-N, as run_test.py finds it.
+    """
+    if given is not None:
+        if not given.exists():
+            raise DataError(f"--model {given}: not found; {HOW_TO_TRAIN} or give another folder")
+        try:
+            return tuned_model_in(given)
+        except DataError:
+            raise DataError(
+                f"--model {given}: no model (config.json and weights) and no complete checkpoint-N folder"
+            ) from None
+    for run in default_runs:
+        if run.is_dir():
+            try:
+                return tuned_model_in(run)
+            except DataError:
+                continue
+    raise DataError(
+        f"no tuned model in {' or '.join(str(run) for run in default_runs)}; {HOW_TO_TRAIN}, or pass --model"
+    )
+
+
+def check_output_name(path: Path) -> Path:
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(f"--output {path}: the name must end in .jsonl or .csv")
+    return path
+
+
+def clean_reviews(texts: Iterable[str]) -> Reviews:
+    """Each text cleaned like a training review (control characters out, whitespace stripped); empty ones counted."""
+    cleaned = [clean_review(text) for text in texts]
+    kept = [text for text in cleaned if text]
+    return Reviews(kept, len(cleaned) - len(kept))
+
+
+def read_stdin(stream: IO[bytes]) -> Reviews:
+    """One review per line, UTF-8 or GB18030."""
+    text, _ = decode_csv(Path("<stdin>"), stream.read())
+    reviews = clean_reviews(text.splitlines())
+    if not reviews.texts:
+        raise DataError(f"no reviews on stdin ({reviews.empty} empty lines)")
+    return reviews
+
+
+def read_input_file(path: Path) -> Reviews:
+    """Reviews from a .jsonl (`review` field), .csv (`review` column, any case) or .txt file (one per line)."""
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
+        raise DataError(f"--input {path}: the name must end in .jsonl, .csv or .txt")
+    if not path.is_file():
+        raise DataError(f"--input {path}: file not found")
+    raw = path.read_bytes()
+    text = _utf8_text(path, raw) if suffix == ".jsonl" else decode_csv(path, raw)[0]
+    if not text.strip():
+        raise DataError(f"--input {path}: the file is empty")
+    if suffix == ".jsonl":
+        texts = _jsonl_reviews(path)
+    elif suffix == ".csv":
+        texts = [fields[0] for _, fields in csv_records(path, text, ("review",))]
+    else:
+        texts = text.splitlines()
+    reviews = clean_reviews(texts)
+    if not reviews.texts:
+        raise DataError(f"--input {path}: no reviews ({reviews.empty} empty)")
+    return reviews
+
+
+def _utf8_text(path: Path, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"--input {path}: line {line}: not UTF-8 text (byte 0x{raw[error.start]:02x}); "
+                        "JSONL files are UTF-8") from None
+
+
+def _jsonl_reviews(path: Path) -> list[str]:
+    def problem(record: dict) -> str | None:
+        return None if isinstance(record["review"], str) else "review must be a string"
+
+    return [record["review"] for record in read_jsonl(path, required_keys=("review",), validate=problem)]
+
+
+@dataclass
+class Classifier:
+    """A tuned model with the prompt template, label words and length limit its training run recorded."""
+
+    model: BaichuanForCausalLM
+    tokenizer: BaichuanTokenizer
+    prompt_format: PromptFormat
+    model_max_length: int
+    batch_size: int
+
+    @classmethod
+    def load(cls, model_dir: Path, device: Device, dtype: torch.dtype, batch_size: int = 16) -> "Classifier":
+        settings, _, _ = prompt_settings({}, model_dir)
+        tokenizer = load_tokenizer(model_dir)
+        config = BaichuanConfig.from_pretrained(str(model_dir))
+        prompt_format = prompt_format_from_flags(config, settings["prompt_template"], settings["label_words"])
+        model = load_for_inference(model_dir, device, dtype)
+        return cls(model, tokenizer, prompt_format, settings["model_max_length"], batch_size)
+
+    def candidates(self) -> list[list[int]]:
+        """Each label word's token ids, as label scoring compares them."""
+        return [self.prompt_format.label_ids(self.tokenizer, word) for word in self.prompt_format.label_words]
+
+    def prompts(self, reviews: list[str]) -> tuple[list[list[int]], int]:
+        """Each review's prompt ids, cut as in training so that any answer + eos still fits; and how many were cut.
+
+        run_test.py leaves room for each eval review's own gold answer instead: the same cut when the label words
+        are equally long in tokens.
+        """
+        room = self.model_max_length - 1 - max(len(ids) for ids in self.candidates())
+        try:
+            encoded = [self.prompt_format.prompt_ids(self.tokenizer, review, room) for review in reviews]
+        except ValueError as error:
+            raise DataError(f"model_max_length {self.model_max_length} of the training run: {error}") from None
+        return [ids for ids, _ in encoded], sum(cut for _, cut in encoded)
+
+    def classify(self, reviews: list[str], progress: bool = False) -> Predictions:
+        """Label scoring as in run_test.py: the label word with the highest log-probability after the prompt."""
+        prompts, truncated = self.prompts(reviews)
+        scores = label_log_probs(
+            self.model, prompts, self.candidates(), self.model.config.pad_token_id, self.batch_size,
+            progress=progress, progress_console=Console(stderr=True),
+        )
+        probabilities = scores.softmax(dim=-1)
+        best, chosen = probabilities.max(dim=-1)
+        words = self.prompt_format.label_words
+        records = [
+            {"review": review, "label": words[index], "probability": round(probability, 4)}
+            for review, index, probability in zip(reviews, chosen.tolist(), best.tolist())
+        ]
+        return Predictions(records, probabilities, truncated)
+
+
+def write_predictions(records: list[dict], output: Path | None, stdout: IO[str]) -> None:
+    """JSON lines to `stdout`, or to `output` (.jsonl, or .csv with a BOM so that spreadsheets read it as UTF-8)."""
+    if output is None:
+        dump_jsonl(records, stdout)
+    elif output.suffix.lower() == ".jsonl":
+        write_jsonl(output, records)
+    else:
+        with atomic_writer(output) as handle:
+            handle.write("\ufeff")
+            writer = csv.DictWriter(handle, OUTPUT_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
