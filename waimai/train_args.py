@@ -130,7 +130,6 @@ class WaimaiTrainingArguments(TrainingArguments):
             if not 0 <= self.warmup_ratio < 1 or self.warmup_steps:
                 raise DataError("--warmup_ratio: give a fraction in [0, 1), and no --warmup_steps with it")
             self.warmup_steps = self.warmup_ratio
-        self.include_num_input_tokens_seen = "non_padding"  # the step metrics' tokens/s
         if self.label_names is None:  # the Trainer would also count `logits_at_labels_only` as a label
             self.label_names = ["labels"]
         # Accuracy comes from label scoring (WaimaiTrainer); gathering every eval logit (vocabulary-wide, per token
