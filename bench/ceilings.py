@@ -48,7 +48,7 @@ class Accelerator:
 # Dense bf16 peaks from the training log's table (transformers_modify/step_metrics.py). HBM and link figures as the
 # vendors publish them: H100 SXM5 3.35 TB/s HBM3, H200 SXM 4.8 TB/s HBM3e, both NVLink 4 at 900 GB/s per GPU in
 # both directions together (450 GB/s each way); Ascend 910B 1.6 TB/s HBM2e and HCCS full mesh of 7 links x 56 GB/s
-# = 392 GB/s per NPU (Atlas 800T A2), counted here as 196 GB/s each way. 910B variants differ; pass your own.
+# = 392 GB/s per NPU (Atlas 800T A2), counted here as 196 GB/s each way. 910B variants differ: check your system's.
 DATASHEET = (
     Accelerator("Ascend 910B", peak_bf16_flops("910B"), 1.6e12, "HCCS", 196 * GB),
     Accelerator("H100 SXM", peak_bf16_flops("H100"), 3.35e12, "NVLink 4", 450 * GB),
@@ -78,7 +78,6 @@ def micro_batch_flops(shape: Shape, batch: MicroBatch) -> float:
 class Recipe:
     """One way to train an epoch: all its micro-batches, and how many each device accumulates per optimizer step."""
 
-    name: str
     micro_batches: list[MicroBatch]
     accumulation: int
 
