@@ -45,6 +45,15 @@ def split_jsonl(data: Path, split: str, workdir: Path) -> Path:
     return workdir / f"{split}.jsonl"
 
 
+def display_path(path: Path) -> str:
+    """`path` for a report: relative to the repository, or to $SHARED_DIR; never the machine's absolute path."""
+    resolved = path.resolve()
+    for root, shown in ((REPO_ROOT, ""), (SHARED_DIR.resolve(), "$SHARED_DIR/")):
+        if resolved.is_relative_to(root):
+            return shown + str(resolved.relative_to(root))
+    return path.name
+
+
 def require_file(path: Path, flag: str, what: str) -> Path:
     if not path.is_file():
         raise DataError(f"{flag} {path}: file not found ({what})")

@@ -17,6 +17,7 @@ import torch
 from bench.common import (
     REPO_ROOT,
     default_data,
+    display_path,
     format_table,
     header_lines,
     split_jsonl,
@@ -142,9 +143,9 @@ def report(
     per_round = [g / s for g, s in zip(seconds["generation"], seconds["scoring"])]
     config = model.config
     return [
-        f"model:    {model_dir} ({model.num_parameters() / 1e6:,.1f}M parameters, hidden {config.hidden_size}, "
+        f"model:    {display_path(Path(model_dir))} ({model.num_parameters() / 1e6:,.1f}M parameters, hidden {config.hidden_size}, "
         f"{config.num_hidden_layers} layers, vocabulary {config.vocab_size:,})",
-        f"data:     the first {count} eval reviews of {args.data} (cut to --model_max_length {args.model_max_length})",
+        f"data:     the first {count} eval reviews of {display_path(args.data)} (cut to --model_max_length {args.model_max_length})",
         f"timing:   {args.rounds} rounds, each method over all {count} reviews per round, alternating which goes "
         "first, after an untimed warm-up batch",
         "",

@@ -33,6 +33,7 @@ from deepspeed.runtime.zero.stage_1_and_2 import (
 from bench.common import (
     SHARED_CSV,
     default_tokenizer,
+    display_path,
     format_table,
     require_file,
 )
@@ -187,7 +188,7 @@ def measure_lengths(csv_path: Path, tokenizer_file: Path, prompt: PromptFormat, 
         p95=lengths[math.ceil(0.95 * len(lengths)) - 1],  # nearest rank
         max=lengths[-1],
         target=max(len(prompt.label_ids(tokenizer, word)) + 1 for word in LABEL_WORDS.values()),
-        source=f"measured on {len(lengths)} reviews of {csv_path} with {tokenizer_file}",
+        source=f"measured on {len(lengths)} reviews of {display_path(csv_path)} with {display_path(tokenizer_file)}",
     )
 
 

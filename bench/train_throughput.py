@@ -1,5 +1,9 @@
 """Training throughput of the original recipe against ours, side by side on one machine, one model, the same reviews.
 
+The headline compares the same optimisation: ours takes the original's 4 samples per optimizer step in one pass
+instead of four. After the measurements come the 7B's compute and step ceilings on real hardware (estimates,
+bench/ceilings.py).
+
 Each configuration runs in a fresh process (nothing carries over between them, and the memory peak is its own),
 round after round in rotating order, so that load from other programs spreads over all of them.
 
@@ -17,9 +21,11 @@ from pathlib import Path
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from bench.ceilings import Recipe, ceiling_lines, micro_batch_of
 from bench.common import (
     default_data,
     default_tokenizer,
+    display_path,
     format_bytes,
     format_duration,
     format_table,
@@ -27,6 +33,7 @@ from bench.common import (
     require_file,
     split_jsonl,
 )
+from bench.memory_plan import Shape
 from transformers_modify.step_metrics import (
     peak_bf16_flops,
     training_flops_per_token,
@@ -77,6 +84,10 @@ class TrainSetup:
     group_by_length: bool  # LengthGroupedSampler, as the Trainer's group_by_length; else random order
     logits_at_labels_only: bool  # the model's logits_at_labels_only forward kwarg
 
+    @property
+    def samples_per_step(self) -> int:
+        return self.batch_size * self.accumulation
+
     def describe(self) -> list[str]:
         return [
             self.padding,
@@ -86,17 +97,20 @@ class TrainSetup:
         ]
 
 
-def train_setups(batch_size: int, accumulation: int) -> dict[str, TrainSetup]:
-    """The original recipe, ours, and ours without each of its changes (the ablations)."""
+def train_setups(larger_batch: int) -> dict[str, TrainSetup]:
+    """The original recipe; ours with the same samples per optimizer step (one pass instead of four); ours without
+    each of its changes (the ablations, all the same optimisation); and ours with `larger_batch` samples per step,
+    a hyperparameter change (fewer optimizer steps per epoch)."""
     original = TrainSetup("original", "max_length", 1, 4, False, False)
-    ours = TrainSetup("ours", "dynamic", batch_size, accumulation, True, True)
+    ours = TrainSetup("ours", "dynamic", original.samples_per_step, 1, True, True)
     ablations = [
         replace(ours, name="ours-no-dynamic-pad", padding="max_length", group_by_length=False),
         replace(ours, name="ours-no-grouping", group_by_length=False),
         replace(ours, name="ours-no-label-logits", logits_at_labels_only=False),
-        replace(ours, name="ours-original-batch", batch_size=1, accumulation=4),
+        replace(ours, name="ours-accumulated", batch_size=original.batch_size, accumulation=original.accumulation),
     ]
-    return {setup.name: setup for setup in (original, *ablations, ours)}
+    larger = replace(ours, name="ours-larger-batch", batch_size=larger_batch)
+    return {setup.name: setup for setup in (original, *ablations, larger, ours)}
 
 
 def model_config(preset: str, layers: int | None, tokenizer: BaichuanTokenizer, max_length: int) -> BaichuanConfig:
@@ -353,7 +367,9 @@ def benchmark(args: argparse.Namespace, setups: list[TrainSetup]) -> list[str]:
                 print(f"round {round_index + 1}/{args.rounds}  {setup.name}: "
                       f"{result['samples'] / result['seconds']:.2f} samples/s", file=sys.stderr, flush=True)
 
-    return report(args, config, device, setups, measured, padding_share, lengths)
+        ceilings = seven_b_ceilings(args, tokenizer, features, lengths, {setup.name: setup for setup in setups},
+                                    padding_share["ours"])
+    return report(args, config, device, setups, measured, padding_share, lengths, ceilings)
 
 
 def report(
@@ -364,9 +380,11 @@ def report(
     measured: dict[str, Measurement],
     padding_share: dict[str, float],
     lengths: list[int],
+    ceilings: list[str],
 ) -> list[str]:
-    """The table, the ratios and, last, `speedup_vs_original: <ratio>`."""
+    """The table, the ratios, the 7B's ceilings and, last, `speedup_same_optimization` and `speedup_vs_original`."""
     original, ours = measured["original"], measured["ours"]
+    original_step = next(setup for setup in setups if setup.name == "original").samples_per_step
     memory_what = ("peak device memory allocated" if device.kind != "cpu"
                    else "peak resident memory growth above the loaded model (Linux VmHWM, reset before warm-up)")
     lines = [
@@ -374,38 +392,53 @@ def report(
         f"{config.num_hidden_layers} layers, vocabulary {config.vocab_size:,} "
         f"({original.parameters / 1e6:,.1f}M parameters), gradient checkpointing "
         f"{'on' if args.gradient_checkpointing else 'off'}, torch AdamW",
-        f"data:     {len(lengths):,} training reviews from {args.data}; tokens per sample: mean "
+        f"data:     {len(lengths):,} training reviews from {display_path(args.data)}; tokens per sample: mean "
         f"{sum(lengths) / len(lengths):.1f}, max {max(lengths)} (max_length {args.max_length})",
         f"timing:   {args.rounds} round(s); per round and configuration {args.steps} timed optimizer step(s) in a "
         "fresh process, after one untimed update on the epoch's widest batch; the timed steps are spread over the "
         "epoch's range of step costs",
         f"memory:   {memory_what}",
         f"epoch:    projected time of one {args.epoch_reviews:,}-review epoch at the measured samples/s",
+        f"same optimisation: {original_step} samples per optimizer step as the original (batch = per pass x "
+        "accumulation), so the same number of steps and the same learning-rate schedule; 'no' marks a "
+        "hyperparameter change",
         "",
     ]
-    header = ["configuration", "padding", "batch", "grouped", "logits", "samples/s", "real tok/s", "padding",
-              "epoch", "peak mem", "vs original", "ours faster by"]
+    header = ["configuration", "padding", "batch", "grouped", "logits", "same opt", "samples/s", "real tok/s",
+              "padding", "epoch", "peak mem", "vs original", "ours faster by"]
     show_mfu = any(measurement.peak_flops for measurement in measured.values())
     if show_mfu:
         header.append("MFU")
     rows = []
     for setup in setups:
         m = measured[setup.name]
-        row = [setup.name, *setup.describe(), f"{m.samples_per_s:.2f}", f"{m.real_tokens / m.seconds:,.0f}",
+        row = [setup.name, *setup.describe(), "yes" if setup.samples_per_step == original_step else "no",
+               f"{m.samples_per_s:.2f}", f"{m.real_tokens / m.seconds:,.0f}",
                f"{padding_share[setup.name]:.1%}", format_duration(args.epoch_reviews / m.samples_per_s),
                format_bytes(m.peak_memory), f"{m.samples_per_s / original.samples_per_s:.2f}x",
                f"{ours.samples_per_s / m.samples_per_s:.2f}x"]
         if show_mfu:
             row.append(f"{m.flops / m.seconds / m.peak_flops:.1%}" if m.peak_flops else "n/a")
         rows.append(row)
-    lines += format_table(header, rows, text_columns=5)
+    lines += format_table(header, rows, text_columns=6)
     per_round = [o / r for o, r in zip(ours.per_round, original.per_round)]
+    speedup = ours.samples_per_s / original.samples_per_s
     lines += [
         "",
         "vs original: samples/s over the original's; ours faster by: ours' samples/s over this configuration's "
         "(what removing that change costs).",
-        "speedup per round (ours / original): " + ", ".join(f"{ratio:.2f}" for ratio in per_round),
     ]
+    for setup in setups:
+        if setup.samples_per_step != original_step:
+            factor = setup.samples_per_step / original_step
+            lines.append(
+                f"{setup.name} is a hyperparameter change, not the same optimisation: {setup.samples_per_step} "
+                f"samples per optimizer step, so {factor:g}x fewer steps per epoch and another learning-rate "
+                f"schedule; its {measured[setup.name].samples_per_s / original.samples_per_s:.2f}x over the "
+                "original is not the headline."
+            )
+    lines.append("speedup per round (ours / original, same optimisation): "
+                 + ", ".join(f"{ratio:.2f}" for ratio in per_round))
     if original.peak_memory and ours.peak_memory:
         lines.append(f"peak memory original / ours: {original.peak_memory / ours.peak_memory:.2f}")
     if show_mfu:
@@ -413,8 +446,31 @@ def report(
                      f"{original.peak_flops / 1e12:.0f} TFLOP/s; per token 6 x the parameters without the input "
                      "embedding + 12 x layers x hidden x sequence length (transformers_modify/step_metrics.py, as in "
                      "the training log), so the output head counts at every token even where ours skips it")
-    lines.append(f"speedup_vs_original: {ours.samples_per_s / original.samples_per_s:.2f}")
+    lines += ["", *ceilings, "", f"speedup_same_optimization: {speedup:.2f}", f"speedup_vs_original: {speedup:.2f}"]
     return lines
+
+
+def seven_b_ceilings(
+    args: argparse.Namespace,
+    tokenizer: BaichuanTokenizer,
+    features: list[dict],
+    lengths: list[int],
+    setups: dict[str, TrainSetup],
+    padding_share: float,
+) -> list[str]:
+    """bench/ceilings.py's compute and step ceilings of the 7B on --devices devices, for this epoch of reviews."""
+    shape = Shape.from_config(model_config("7b", None, tokenizer, args.max_length))
+
+    def recipe(setup: TrainSetup) -> Recipe:
+        batches = [batch for step in epoch_steps(lengths, setup, args.seed) for batch in step]
+        micro_batches = [
+            micro_batch_of([features[index] for index in batch], setup.padding, args.max_length,
+                           setup.logits_at_labels_only)
+            for batch in batches
+        ]
+        return Recipe(micro_batches, setup.accumulation)
+
+    return ceiling_lines(shape, args.devices, recipe(setups["original"]), recipe(setups["ours"]), padding_share)
 
 
 def setup_names(text: str) -> list[str]:
@@ -422,18 +478,22 @@ def setup_names(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    names = ",".join(train_setups(16, 1))
+    names = ",".join(train_setups(16))
     parser = argparse.ArgumentParser(
         description=(
             "Measure training speed of the original Baichuan2 fine-tuning recipe against this repository's, side "
             "by side in one run on one randomly initialised Baichuan2-architecture model and the same waimai "
             "training reviews. original: every sample padded to --max_length (1024), batch 1 x accumulation 4, "
-            "logits over the whole vocabulary at every position. ours: each batch padded to its longest sample, "
-            "batches grouped by length (the Trainer's group_by_length), logits only at the answer tokens, and a "
-            "larger batch (--batch_size x --accumulation). The ablations are ours without one change each. "
+            "logits over the whole vocabulary at every position. ours: the same 4 samples per optimizer step in "
+            "one pass (4 x 1), each batch padded to its longest sample, batches grouped by length (the Trainer's "
+            "group_by_length), logits only at the answer tokens: the same optimisation, only faster. The ablations "
+            "are ours without one change each, at the same optimisation; ours-larger-batch (--larger_batch "
+            "samples per step) is a hyperparameter change and is labelled so. "
             "Prints per configuration samples/s, real (non-padding) tokens/s, the epoch's share of padding "
             "tokens, the projected time of one --epoch_reviews epoch, peak memory, the speed ratios and, on "
-            "GPU/NPU, the model FLOPs utilisation; the last line is `speedup_vs_original: <ratio>`. "
+            "GPU/NPU, the model FLOPs utilisation; then the compute and step ceilings of Baichuan2-7B on --devices "
+            "devices (estimates from datasheet figures, bench/ceilings.py). The last two lines are "
+            "`speedup_same_optimization: <ratio>` and `speedup_vs_original: <the same ratio>`. "
             "Runs on the NPU or GPU when there is one (bf16), else on the CPU (fp32). Ratios matter, not "
             "absolute times: other programs on the machine slow every configuration alike."
         ),
@@ -453,12 +513,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "make_data.py does); by default data/train.jsonl, else $SHARED_DIR/data/waimai_10k.csv")
     parser.add_argument("--configs", type=setup_names, default=names,
                         help="comma-separated configurations to run (original and ours always are)")
-    parser.add_argument("--batch_size", type=whole_number(), default=16, help="ours: samples per forward pass")
-    parser.add_argument("--accumulation", type=whole_number(), default=1,
-                        help="ours: forward passes per optimizer update (gradient accumulation)")
+    parser.add_argument("--larger_batch", type=whole_number(), default=16,
+                        help="ours-larger-batch: samples per forward pass and optimizer step (a hyperparameter "
+                             "change: fewer optimizer steps than the original's 4 per step)")
+    parser.add_argument("--devices", type=whole_number(), default=8,
+                        help="data-parallel devices of the 7B's ceilings (the global batch is --devices x 4)")
     parser.add_argument("--steps", type=whole_number(), default=1,
                         help="timed optimizer steps per configuration and round")
-    parser.add_argument("--rounds", type=whole_number(), default=2,
+    parser.add_argument("--rounds", type=whole_number(), default=3,
                         help="rounds; each runs every configuration once, in rotating order")
     parser.add_argument("--max_length", type=whole_number(), default=1024,
                         help="the original's padded length; longer reviews are truncated, as in training")
@@ -473,7 +535,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def selected_setups(args: argparse.Namespace) -> list[TrainSetup]:
-    setups = train_setups(args.batch_size, args.accumulation)
+    setups = train_setups(args.larger_batch)
     wanted = set(args.configs) | {"original", "ours"}
     unknown = sorted(wanted - set(setups))
     if unknown:

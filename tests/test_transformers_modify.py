@@ -1,4 +1,3 @@
-from types import SimpleNamespace
 
 import pytest
 
@@ -54,18 +53,21 @@ def test_flops_per_token_counts_dense_weights_and_attention():
 
 
 def test_step_metrics_window(monkeypatch):
-    clock = iter([10.0, 12.0, 20.0, 22.0])
+    """Two 2 s steps and a 5 s evaluation between them: the window's time is the steps', its tokens the trainer's."""
+    clock = iter([10.0, 12.0, 17.0, 19.0, 19.0])  # window start, step end, evaluation end, step end, log
     monkeypatch.setattr(step_metrics.time, "perf_counter", lambda: next(clock))
     callback = StepMetricsCallback(lambda: None, lambda length: 1000.0 * length, sequences_per_step=4, world_size=2,
                                    peak_flops=1e6)
-    for start, end in ((0, 400), (400, 800)):  # two steps of 400 tokens, 2 s each
-        callback.on_step_begin(None, SimpleNamespace(num_input_tokens_seen=start), None)
-        callback.on_step_end(None, SimpleNamespace(num_input_tokens_seen=end), None)
-    metrics = callback.pop_window()
+    callback.on_step_begin(None, None, None)
+    callback.on_step_end(None, None, None)
+    callback.on_evaluate(None, None, None)
+    callback.on_step_begin(None, None, None)  # inside the window: no clock read, no synchronisation
+    callback.on_step_end(None, None, None)
+    metrics = callback.pop_window(tokens=800)
     assert metrics["step_time_s"] == 2.0 and metrics["tokens_per_s"] == 200.0
     # 100 tokens per sequence -> 1e5 FLOPs per token; 200 tokens/s over 2 devices of 1 MFLOP/s each
     assert metrics["mfu"] == pytest.approx(200 * 1e5 / 2e6)
-    assert callback.pop_window() == {}  # the window restarts
+    assert callback.pop_window(tokens=0) == {}  # the window restarts
 
 
 def _values(**overrides) -> dict:

@@ -44,10 +44,13 @@ def training_flops_per_token(model: nn.Module) -> Callable[[float], float]:
 
 
 class StepMetricsCallback(TrainerCallback):
-    """Times each optimizer step (device synchronised); `pop_window()` gives the averages since the last call.
+    """Step time, tokens/s and MFU over the optimizer steps between two logging steps (`pop_window`).
 
-    Tokens are the non-padding tokens of all processes (`state.num_input_tokens_seen`, which needs
-    `include_num_input_tokens_seen="non_padding"`); MFU needs the device's peak from PEAK_BF16_TFLOPS.
+    The training steps themselves have no host synchronisation: the device is synchronised only where a window
+    starts (the first step after a log) and where it ends (`pop_window`, at a logging step). A window's time is the
+    wall time between the two, less evaluations and checkpoint saves that ran inside it. Tokens are the non-padding
+    tokens of all processes, which the trainer counts on the device and passes to `pop_window`; MFU needs the
+    device's peak from PEAK_BF16_TFLOPS.
     """
 
     def __init__(
@@ -63,32 +66,48 @@ class StepMetricsCallback(TrainerCallback):
         self.sequences_per_step = sequences_per_step
         self.world_size = world_size
         self.peak_flops = peak_flops
-        self._start = 0.0
-        self._tokens_at_start = 0
+        self._window_start: float | None = None
+        self._last_step_end = 0.0
+        self._outside_steps = 0.0
         self._steps = 0
-        self._seconds = 0.0
-        self._tokens = 0
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.synchronize()
-        self._start = time.perf_counter()
-        self._tokens_at_start = state.num_input_tokens_seen
+        if self._window_start is None:
+            self.synchronize()
+            self._window_start = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.synchronize()
-        self._seconds += time.perf_counter() - self._start
-        self._tokens += state.num_input_tokens_seen - self._tokens_at_start
         self._steps += 1
+        self._last_step_end = time.perf_counter()
 
-    def pop_window(self) -> dict[str, float]:
-        """`step_time_s`, `tokens_per_s` and (on a listed device) `mfu` over the steps since the last call."""
-        if not self._steps or self._seconds <= 0:
+    def _leave_out_since_last_step(self) -> None:
+        """An evaluation or a save ran inside the window: its time is no training step's."""
+        if self._window_start is not None:
+            now = time.perf_counter()
+            self._outside_steps += now - self._last_step_end
+            self._last_step_end = now
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._leave_out_since_last_step()
+
+    def on_save(self, args, state, control, **kwargs):
+        self._leave_out_since_last_step()
+
+    def pop_window(self, tokens: int) -> dict[str, float]:
+        """`step_time_s`, `tokens_per_s` and (on a listed device) `mfu` over the steps since the last call, in which
+        all processes together trained on `tokens` non-padding tokens."""
+        if not self._steps or self._window_start is None:
             return {}
-        tokens_per_s = self._tokens / self._seconds
-        metrics = {"step_time_s": self._seconds / self._steps, "tokens_per_s": tokens_per_s}
+        self.synchronize()
+        seconds = time.perf_counter() - self._window_start - self._outside_steps
+        steps = self._steps
+        self._window_start, self._outside_steps, self._steps = None, 0.0, 0
+        if seconds <= 0:
+            return {}
+        tokens_per_s = tokens / seconds
+        metrics = {"step_time_s": seconds / steps, "tokens_per_s": tokens_per_s}
         if self.peak_flops:
-            mean_length = self._tokens / (self._steps * self.sequences_per_step)
+            mean_length = tokens / (steps * self.sequences_per_step)
             achieved = tokens_per_s * self.flops_per_token(mean_length)
             metrics["mfu"] = achieved / (self.peak_flops * self.world_size)
-        self._steps, self._seconds, self._tokens = 0, 0.0, 0
         return metrics

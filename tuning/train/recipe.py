@@ -223,7 +223,6 @@ def training_argument_values(recipe: Recipe, processes: int) -> dict:
         values["warmup_steps"] = flags.warmup_ratio
     if values["train_sampling_strategy"] is None:
         values["train_sampling_strategy"] = "group_by_length" if recipe.data.padding == "dynamic" else "random"
-    values["include_num_input_tokens_seen"] = "non_padding"  # the step metrics' tokens/s
     if values["label_names"] is None:  # the Trainer would also count `logits_at_labels_only` as a label
         values["label_names"] = ["labels"]
     # Accuracy comes from label scoring (WaimaiTrainer); gathering every eval logit (vocabulary-wide, per token

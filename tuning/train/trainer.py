@@ -68,6 +68,7 @@ class WaimaiTrainer(Trainer):
             self.add_callback(step_metrics)
         self._real_tokens = torch.zeros((), dtype=torch.long, device=self.args.device)
         self._all_tokens = 0
+        self._real_tokens_logged = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training:
@@ -88,8 +89,10 @@ class WaimaiTrainer(Trainer):
         return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.step_metrics is not None and "loss" in logs:
-            logs = {**logs, **self.step_metrics.pop_window()}
+        if self.step_metrics is not None and "loss" in logs:  # a logging step: every process logs its loss
+            real_tokens, _ = self.token_totals()
+            logs = {**logs, **self.step_metrics.pop_window(real_tokens - self._real_tokens_logged)}
+            self._real_tokens_logged = real_tokens
         super().log(logs, start_time)
 
     def token_totals(self) -> tuple[int, int]:
