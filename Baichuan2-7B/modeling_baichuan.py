@@ -184,7 +184,12 @@ class NormHead(nn.Linear):
     """
 
     def __init__(self, hidden_size: int, vocab_size: int, device=None, dtype=None):
-        super().__init__(hidden_size, vocab_size, bias=False, device=device, dtype=dtype)
+        # nn.Linear's own __init__ would draw an init here; the model's `_init_weights` draws it, so that building a
+        # model consumes the random stream exactly as the official code does (same random init for the same seed).
+        nn.Module.__init__(self)
+        self.in_features, self.out_features = hidden_size, vocab_size
+        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size, device=device, dtype=dtype))
+        self.register_parameter("bias", None)
         self._eval_weight: torch.Tensor | None = None
         self._eval_weight_key: tuple[nn.Parameter, int] | None = None  # the parameter and version it was computed from
 

@@ -68,10 +68,11 @@ def test_generate_returns_hidden_states_and_attentions_per_step(model, ids):
 def test_assisted_decoding_with_recorded_attentions_equals_greedy(model):
     model.set_attn_implementation("eager")
     prompt = torch.tensor([[5, 6, 7, 5, 6, 7, 5, 6]])  # repeats, so that prompt lookup proposes candidates
-    greedy = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    greedy = model.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assisted = model.generate(
         prompt,
         max_new_tokens=6,
+        min_new_tokens=6,
         do_sample=False,
         prompt_lookup_num_tokens=2,
         return_dict_in_generate=True,

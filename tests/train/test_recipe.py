@@ -84,11 +84,12 @@ def test_parsing_touches_no_device_process_group_or_environment(monkeypatch):
         raise AssertionError("parsing probed the hardware")
 
     monkeypatch.setattr(devices, "detect_device", probe)
-    environment = dict(os.environ)
+    environment, accelerate_state = dict(os.environ), dict(PartialState._shared_state)
+    process_group = dist.is_initialized()
     recipe = parse_recipe([str(RECIPE_7B), "--bf16", "true", "--deepspeed", "ds_config_bf16.json"], DESCRIPTION)
     assert recipe.training.bf16 is True  # kept as asked: the device decides only when training starts
     assert dict(os.environ) == environment
-    assert not dist.is_initialized() and not PartialState._shared_state
+    assert dist.is_initialized() == process_group and PartialState._shared_state == accelerate_state
 
 
 def test_help_has_no_side_effects_and_shows_the_recipe_values(tmp_path):
