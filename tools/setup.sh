@@ -113,7 +113,7 @@ run_tests() {
     python -m pip check >/dev/null || fail "pip check found broken requirements in ${VIRTUAL_ENV} (run \`python -m pip check\` there); reinstall them"
     python -m ruff check --quiet . || fail "ruff found the problems listed above; fix them"
     python tools/fetch_assets.py --optional
-    OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" python -m pytest -q tests "$@"
+    OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" python -m pytest -q "$@"  # pyproject.toml: testpaths = tests
 }
 
 # The wheels of the pinned set for another machine (WHEEL_PLATFORM, WHEEL_PYTHON); DeepSpeed is published only as
