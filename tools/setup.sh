@@ -11,8 +11,9 @@
 # the commands can be run again, and offline once everything is in place.
 # Variables: PYTHON (the Python 3.10+ that creates the environment, default python3), VENV, TORCH (default
 # torch==2.13.0), TORCH_INDEX_URL (where torch comes from, default pip's configured index), WHEELS (install only from
-# this folder, no network; for `wheels` the folder to fill), WHEEL_PLATFORM and WHEEL_PYTHON (the target of `wheels`,
-# default manylinux_2_28_<this machine> and 3.11), WAIMAI_URL, SHARED_DIR, HF_ENDPOINT (see tools/fetch_assets.py).
+# this folder, no network; for `wheels` the folder to fill), the target of `wheels`: WHEEL_ARCH (default this
+# machine's), WHEEL_PLATFORM (pip platform tags, default manylinux_2_28 ... manylinux2014 of WHEEL_ARCH) and
+# WHEEL_PYTHON (default 3.11); WAIMAI_URL, SHARED_DIR, HF_ENDPOINT (see tools/fetch_assets.py).
 # Each failure is one line `error: ...` saying what to do, and a non-zero exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -120,10 +121,15 @@ run_tests() {
 # source, so its archive is collected and built on the target at install time.
 collect_wheels() {
     [ -n "${WHEELS:-}" ] || fail "set WHEELS to the folder to fill, e.g. \`make wheels WHEELS=wheels\`"
-    local python platform target deepspeed requirements
+    local python platform deepspeed requirements
+    local -a target
     python="$(base_python)"
-    platform="${WHEEL_PLATFORM:-manylinux_2_28_$(uname -m)}"
-    target=(--only-binary=:all: --platform "$platform" --python-version "${WHEEL_PYTHON:-3.11}" --implementation cp)
+    # pip takes each platform tag literally: a glibc 2.28 machine also runs manylinux_2_27 ... manylinux2014 wheels.
+    local arch="${WHEEL_ARCH:-$(uname -m)}"
+    platform="${WHEEL_PLATFORM:-$(for minor in $(seq 28 -1 17); do printf 'manylinux_2_%s_%s ' "$minor" "$arch"; done)manylinux2014_$arch}"
+    target=(--only-binary=:all: --python-version "${WHEEL_PYTHON:-3.11}" --implementation cp)
+    local tag
+    for tag in $platform; do target+=(--platform "$tag"); done
     mkdir -p "$WHEELS"
     deepspeed="$(grep '^deepspeed==' requirements.txt)"
     requirements="$(mktemp)"
@@ -133,7 +139,7 @@ collect_wheels() {
         "$python" -m pip download --disable-pip-version-check -d "$WHEELS" "$@" >>"$log" 2>&1 ||
             fail "pip download $* failed ($(grep -m1 -E '^ERROR' "$log" | tail -c 160)); check the network and WHEEL_PLATFORM/WHEEL_PYTHON (full log: ${log})"
     }
-    echo "collecting wheels for ${platform}, Python ${WHEEL_PYTHON:-3.11} into ${WHEELS} (log ${log})"
+    echo "collecting wheels for ${platform%% *}..., Python ${WHEEL_PYTHON:-3.11} into ${WHEELS} (log ${log})"
     download --no-deps --no-binary=:all: "$deepspeed"
     tar -xzOf "$WHEELS/${deepspeed/==/-}.tar.gz" "${deepspeed/==/-}/PKG-INFO" |
         sed -n 's/^Requires-Dist: \([^;]*\)$/\1/p' | grep -v '^torch' >>"$requirements"
