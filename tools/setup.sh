@@ -144,7 +144,8 @@ collect_wheels() {
     tar -xzOf "$WHEELS/${deepspeed/==/-}.tar.gz" "${deepspeed/==/-}/PKG-INFO" |
         sed -n 's/^Requires-Dist: \([^;]*\)$/\1/p' | grep -v '^torch' >>"$requirements"
     download "${target[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH"
-    download "${target[@]}" -r "$requirements" "setuptools>=68" wheel
+    # torch again, now found in WHEELS: the others' requirement on torch must not pull another version.
+    download "${target[@]}" --find-links "$WHEELS" -r "$requirements" "$TORCH" "setuptools>=68" wheel
     rm -f "$requirements"
     echo "done: $(find "$WHEELS" -name '*.whl' | wc -l) wheels and the DeepSpeed source in ${WHEELS}; on the offline machine: \`make test WHEELS=${WHEELS}\`"
 }
