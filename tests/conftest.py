@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the repository and the read-only `../shared` material live."""
+"""Shared test fixtures: the repository, the real assets (data/ or `../shared`) and the tiny models built from them."""
 
 import os
 from collections.abc import Callable
@@ -6,23 +6,42 @@ from pathlib import Path
 
 import pytest
 
+from tools.fetch_assets import ASSETS, asset_places, find_asset
+
 # Tiny models on 2 shared cores: one thread per process is faster than torch's default (set before torch loads).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
+MISSING_ASSET_HINT = {name: f"run `{asset.fetch_command}`" for name, asset in ASSETS.items()}
 
 
-def _shared_dir() -> Path:
-    """`SHARED_DIR` when set, else the `shared/` folder beside the repository."""
-    return Path(os.environ.get("SHARED_DIR", REPO_ROOT.parent / "shared"))
-
-
-def _shared_file(relative: str) -> Path:
-    path = _shared_dir() / relative
-    if not path.is_file():
-        pytest.skip(f"needs {path} (set SHARED_DIR to the folder that holds {relative})")
+def _asset(name: str) -> Path:
+    """The asset's file in data/ or the shared folder; skips the test, naming the fetch command, when it is absent."""
+    asset = ASSETS[name]
+    path = find_asset(asset)
+    if path is None:
+        pytest.skip(f"needs {asset.path}: {MISSING_ASSET_HINT[name]}")
     return path
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Which tests were skipped for a missing asset, and the one command that fetches it."""
+    skipped_for: dict[str, list[str]] = {name: [] for name in ASSETS}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        for name, hint in MISSING_ASSET_HINT.items():
+            if hint in reason:
+                skipped_for[name].append(report.nodeid)
+    for name, tests in skipped_for.items():
+        if tests:
+            asset = ASSETS[name]
+            places = " or ".join(str(path) for path in asset_places(asset))
+            terminalreporter.write_sep("=", f"missing {asset.path}", yellow=True)
+            terminalreporter.write_line(f"{len(tests)} tests skipped: {asset.path} is not at {places}; "
+                                        f"fetch it with `{asset.fetch_command}`")
+            for test in tests:
+                terminalreporter.write_line(f"  {test}")
 
 
 @pytest.fixture(scope="session")
@@ -32,14 +51,14 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def waimai_csv() -> Path:
-    """The real waimai_10k.csv from ../shared; skips the test when it is absent."""
-    return _shared_file("data/waimai_10k.csv")
+    """The real waimai_10k.csv from data/ or ../shared; skips the test when it is absent."""
+    return _asset("waimai")
 
 
 @pytest.fixture(scope="session")
 def baichuan_tokenizer_model() -> Path:
-    """The real Baichuan2 tokenizer.model from ../shared; skips the test when it is absent."""
-    return _shared_file("baichuan2/tokenizer.model")
+    """The real Baichuan2 tokenizer.model from data/ or ../shared; skips the test when it is absent."""
+    return _asset("tokenizer")
 
 
 @pytest.fixture(scope="session")
