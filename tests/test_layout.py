@@ -33,7 +33,7 @@ def _imports(path: Path) -> set[str]:
 
 
 def _python_files():
-    for folder in ("tuning", "transformers_modify", "bench", "tests"):
+    for folder in ("tuning", "transformers_modify", "bench", "tools", "tests"):
         yield from (REPO_ROOT / folder).rglob("*.py")
     yield from REPO_ROOT.glob("*.py")
 
