@@ -32,20 +32,23 @@ waimai_cann_candidates() {
 }
 
 waimai_source_cann() {
-    local candidate
-    while IFS= read -r candidate; do
+    local candidates candidate
+    mapfile -t candidates < <(waimai_cann_candidates)
+    for candidate in "${candidates[@]}"; do
         if [ -f "$candidate" ]; then
             # CANN's script reads unset variables and runs commands that may fail: source it with errexit,
             # nounset and pipefail off, then restore the caller's options.
-            local options
-            options="$(set +o)"
+            local flags="$-" pipefail=0
+            if shopt -qo pipefail; then pipefail=1; fi
             set +o errexit +o nounset +o pipefail
             # shellcheck disable=SC1090
             source "$candidate"
-            eval "$options"
+            if [[ "$flags" == *e* ]]; then set -o errexit; fi
+            if [[ "$flags" == *u* ]]; then set -o nounset; fi
+            if [ "$pipefail" = 1 ]; then set -o pipefail; fi
             return 0
         fi
-    done < <(waimai_cann_candidates)
+    done
     return 1
 }
 

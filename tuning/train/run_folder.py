@@ -112,12 +112,12 @@ def check_resume_shape(output_dir: Path, checkpoint: str, shape: dict) -> None:
 
 def check_shared_output_dir(output_dir: Path) -> None:
     """Every process sees the file rank 0 writes in output_dir; else DataError on every process (collective)."""
-    marker = None
+    name = None
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
-        marker = output_dir / f".shared-check-{secrets.token_hex(8)}"
-        marker.write_text(socket.gethostname(), encoding="utf-8")
-    marker = broadcast_from_main(marker)
+        name = f".shared-check-{secrets.token_hex(8)}"
+        (output_dir / name).write_text(socket.gethostname(), encoding="utf-8")
+    marker = output_dir / broadcast_from_main(name)  # each process looks in the folder it was given
     deadline = time.monotonic() + SHARED_CHECK_WAIT_S
     while not marker.is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
