@@ -70,12 +70,15 @@ def gather_from_all(value: T) -> list[T]:
 
 
 def decided_by_main(decide: Callable[[], T]) -> T:
-    """`decide()` run once, on rank 0, and its result on every process; its DataError is raised on every process."""
+    """`decide()` run once, on rank 0, and its result on every process.
+
+    A DataError or OSError of `decide()` is raised on every process as a DataError (no process waits for the others).
+    """
     outcome: tuple[bool, object] | None = None
     if is_main_process():
         try:
             outcome = (True, decide())
-        except DataError as error:
+        except (DataError, OSError) as error:
             outcome = (False, str(error))
     succeeded, value = broadcast_from_main(outcome)
     if not succeeded:
