@@ -188,3 +188,17 @@ def test_other_nodes_wait_for_node_0s_demo_base_and_stop_when_it_never_comes(rep
         f"error: no demo base model at {base} after 2 s: node 0 builds it there, so DEMO_BASE_MODEL must be on a file "
         "system shared by all machines")
     assert not base.exists()
+
+
+def test_device_check_on_a_machine_without_an_accelerator_stops_before_anything_runs(repo_root):
+    from tuning.runtime.devices import detect_device
+
+    if detect_device().kind != "cpu":
+        pytest.skip("this machine has an accelerator: tools/device_check.sh would run the whole check")
+    env = {**os.environ, "PYTHON": sys.executable, "WAIMAI_DEVICE": "cpu"}
+    before = set((repo_root / "output").glob("device_check/*"))
+    result = subprocess.run(["bash", "tools/device_check.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2  # the pinned set passed the version check; the device did not
+    assert result.stderr.strip() == "error: no NPU or GPU found (torch sees only the CPU); this check needs one"
+    assert set((repo_root / "output").glob("device_check/*")) == before

@@ -35,10 +35,6 @@ if [ "${1:-}" = --make-wheels ]; then
     exit 0
 fi
 
-report_dir="output/device_check/$(date +%Y%m%d-%H%M%S)"
-mkdir -p "$report_dir"
-report="$report_dir/report.md"
-
 missing="$("$PYTHON" -c 'from transformers_modify.versions import version_problems; print("; ".join(version_problems()))')"
 if [ -n "$missing" ]; then
     echo "missing from this python: ${missing}"
@@ -66,6 +62,9 @@ if [ "$DEVICE_KIND" = cpu ]; then
     echo "error: no NPU or GPU found (torch sees only the CPU); this check needs one" >&2
     exit 2
 fi
+report_dir="output/device_check/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$report_dir"
+report="$report_dir/report.md"
 device_name="$(TORCH_DEVICE_BACKEND_AUTOLOAD=0 "$PYTHON" -c \
     'from tuning.runtime.devices import detect_device; print(detect_device().name())')"
 
