@@ -55,6 +55,22 @@ def _launch(repo_root: Path, args: list[str], **env: str) -> subprocess.Complete
                           text=True, timeout=TIMEOUT_S)
 
 
+def _save_in_the_official_layout(model: BaichuanForCausalLM, folder: Path) -> None:
+    """config.json and two bf16 pickled shards with pytorch_model.bin.index.json, as Baichuan2-7B-Base ships."""
+    model.config.save_pretrained(folder)
+    state = {name: tensor.to(torch.bfloat16) for name, tensor in model.state_dict().items()}
+    names = list(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+              "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :]}
+    weight_map = {}
+    for file_name, shard_names in shards.items():
+        torch.save({name: state[name] for name in shard_names}, folder / file_name)
+        weight_map |= dict.fromkeys(shard_names, file_name)
+    total = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
+
+
 @pytest.mark.parametrize("attention", ["eager", "sdpa", "flash_attention_2"])
 def test_reference_model_on_the_device_matches_the_official_outputs(reference_dir, device, half, attention):
     if attention == "flash_attention_2" and not (device.kind == "npu" or (
@@ -114,12 +130,11 @@ def test_a_1b_baichuan2_in_the_official_layout_trains_through_the_launcher(repo_
     shutil.copy(baichuan_tokenizer_model, model_dir / "tokenizer.model")
     tokenizer = BaichuanTokenizer(vocab_file=str(model_dir / "tokenizer.model"))
     torch.manual_seed(0)
-    model = BaichuanForCausalLM(model_config("1b", None, tokenizer, max_length=512))
+    model = BaichuanForCausalLM(model_config("1b", None, tokenizer, max_length=1024))
     assert 0.9e9 < model.num_parameters() < 1.3e9
-    model.save_pretrained(model_dir, safe_serialization=False, max_shard_size="1GB")  # pytorch_model-0000N-of-...
+    _save_in_the_official_layout(model, model_dir)
     tokenizer.save_pretrained(model_dir)
     del model
-    assert (model_dir / "pytorch_model.bin.index.json").is_file()
     data_dir = make_review_data(train_per_label=64, eval_per_label=8)
     result = _launch(repo_root, ["--max_steps", "3", "--save_strategy", "no", "--max_eval_samples", "16",
                                  "--logging_steps", "1", "--disable_tqdm", "true"],
