@@ -112,12 +112,14 @@ waimai_select_model() {
         BASE_MODEL="$model"
         TRAIN_OUTPUT_DIR="${OUTPUT_DIR:-output/baichuan2-7b-waimai}"
     else
+        local reason="No Baichuan2 model at MODEL=${model}"
+        if [ "${DEMO:-0}" = 1 ]; then reason="DEMO=1"; fi
         DEMO=1
         BASE_MODEL="${DEMO_BASE_MODEL:-output/demo/tiny-base}"
         TRAIN_OUTPUT_DIR="${DEMO_OUTPUT_DIR:-output/demo/tiny-tuned}"
         cat <<EOF
 ======================================================================
- No Baichuan2 model at ${model} (or DEMO=1): running the tiny demo.
+ ${reason}: running the tiny demo instead.
  Base model: ${BASE_MODEL} (random init, ~1.4M parameters, vocabulary
  trained on the training reviews); tuned model: ${TRAIN_OUTPUT_DIR}.
  For the real run put Baichuan2-7B-Base there or set MODEL=<folder>.
