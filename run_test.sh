@@ -7,8 +7,8 @@
 #   bash run_test.sh --max_samples 200                # extra arguments go to run_test.py (they win); see its --help
 #   MODEL=/data/Baichuan2-7B-Base OUTPUT_DIR=/data/run1 bash run_test.sh
 #
-# Without a model folder at MODEL (default models/Baichuan2-7B-Base) it compares the tiny demo models that
-# `bash ds_run_bf16.sh` builds and trains. EVAL_DATA (default data/eval.jsonl) is the eval file, as in
+# Without a model folder at the default MODEL (models/Baichuan2-7B-Base), or with DEMO=1, it compares the tiny
+# demo models that `bash ds_run_bf16.sh` builds and trains; a MODEL you set that does not exist is an error. EVAL_DATA (default data/eval.jsonl) is the eval file, as in
 # ds_run_bf16.sh. The prompt template, label words and length limit come from the training run's
 # run_config.json unless given as flags. Relative paths are relative to the repository. Results go to eval/ in
 # the training run's folder (--output_dir).

@@ -44,6 +44,24 @@ def pytest_terminal_summary(terminalreporter) -> None:
                 terminalreporter.write_line(f"  {test}")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `accelerator` skip on a machine whose detected device is the CPU."""
+    marked = [item for item in items if item.get_closest_marker("accelerator")]
+    if not marked:
+        return
+    from tuning.runtime.devices import detect_device  # here: it imports torch
+    from tuning.runtime.errors import DataError
+
+    try:
+        kind = detect_device().kind
+    except DataError:  # e.g. WAIMAI_DEVICE=npu on a machine without one
+        kind = "cpu"
+    if kind == "cpu":
+        skip = pytest.mark.skip(reason="needs a GPU or NPU")
+        for item in marked:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -3,7 +3,11 @@
 - ZeRO-2 (the default config), interrupted after a checkpoint and run again: it continues to the end. This is
   the file's one training run: run_test.py then compares that base/tuned pair, as a user would next;
 - ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps;
-- an error in train.py is the launcher's exit status; tuning/runtime/launch.sh: model selection and the CANN check.
+- an error in train.py is the launcher's exit status; tuning/runtime/launch.sh: model selection and the CANN check;
+- two machines simulated on this one (hostfile `nodeA slots=1`, `nodeB slots=1`, NODE_RANK 0 and 1, no ssh): with a
+  shared output folder they train, save and a re-run trains nothing; with a folder per machine both stop at once.
+
+Expectations that depend on the hardware (device, precision, processes) follow the detected device.
 """
 
 import json
@@ -21,6 +25,7 @@ from safetensors.torch import load_file
 
 from run_test import main as run_test_main
 from tuning.model.baichuan import load_model
+from tuning.runtime.devices import detect_device
 from tuning.train.run_folder import latest_complete_checkpoint
 
 pytestmark = pytest.mark.e2e  # real DeepSpeed launches through ds_run_bf16.sh
@@ -47,21 +52,28 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _expected_precision() -> str:
+    """What the demo trains in on this machine's device (bf16 where native; fp16 on older GPUs; fp32 on the CPU)."""
+    device = detect_device()
+    return "bf16" if device.bf16 else "fp32" if device.kind == "cpu" else "fp16"
+
+
 def _env(tmp_path: Path, data_dir: Path, **overrides) -> dict:
-    """The demo (no MODEL folder) on small data, with this interpreter's deepspeed and python."""
+    """The demo (DEMO=1) on small data, with this interpreter's deepspeed and python."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHON": sys.executable,
         "PYTHONUNBUFFERED": "1",
-        "MODEL": str(tmp_path / "no-such-model"),
+        "DEMO": "1",
         "DEMO_BASE_MODEL": str(tmp_path / "tiny-base"),
         "DEMO_OUTPUT_DIR": str(tmp_path / "tuned"),
         "TRAIN_DATA": str(data_dir / "train.jsonl"),
         "EVAL_DATA": str(data_dir / "eval.jsonl"),
         "MASTER_PORT": str(_free_port()),
     }
-    env.pop("WAIMAI_DEVICE", None)
+    for name in ("WAIMAI_DEVICE", "MODEL", "HOSTFILE", "NODE_RANK", "MASTER_ADDR", "NUM_DEVICES"):
+        env.pop(name, None)
     return {**env, **overrides}
 
 
@@ -115,14 +127,17 @@ def demo_run(repo_root, data_dir, tmp_path_factory) -> dict:
 
 def test_demo_run_interrupted_then_continued(demo_run):
     output_dir, interrupted_at, first_log = demo_run["output_dir"], demo_run["interrupted_at"], demo_run["first_log"]
-    assert "running the tiny demo instead" in first_log and "built tiny base model" in first_log
-    assert "training in fp32" in first_log  # the CPU has no native bf16
+    assert "running the tiny demo" in first_log and "built tiny base model" in first_log
+    device, precision = detect_device(), _expected_precision()
+    if device.kind == "cpu" and precision == "fp32":
+        assert "training in fp32" in first_log  # this CPU has no native bf16
     step = int(interrupted_at.name.split("-")[1])
     assert 10 <= step < 50
     assert f"resuming from {interrupted_at}" in demo_run["second"].stdout
     assert (output_dir / "checkpoint-900" / "config.json").is_file()
     summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
-    assert summary["processes"] == 2 and summary["device"] == "cpu" and summary["precision"] == "fp32"
+    processes = 2 if device.kind == "cpu" or device.count >= 2 else 1
+    assert (summary["processes"], summary["device"], summary["precision"]) == (processes, device.kind, precision)
     assert summary["global_step"] == 50 and summary["resumed_from"] == str(interrupted_at)
     assert summary["train_samples"] == 400 and summary["eval_samples"] == 80
     assert len(list(output_dir.glob("train_*.log"))) == 2
@@ -165,7 +180,9 @@ def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_di
     result = _run(repo_root, env, "--max_steps", "3", "--max_eval_samples", "20", "--per_device_train_batch_size",
                   "4", "--save_strategy", "no", "--disable_tqdm", "true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "bf16 on a CPU without native bf16 is emulated" in result.stdout
+    device = detect_device()
+    if device.kind == "cpu" and not device.bf16:
+        assert "bf16 on a CPU without native bf16 is emulated" in result.stdout
     output_dir = tmp_path / "tuned"
     summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
     assert summary["precision"] == "bf16" and summary["global_step"] == 3 and summary["eval_samples"] == 20
@@ -207,13 +224,17 @@ def _bash(repo_root: Path, script: str, env: dict) -> subprocess.CompletedProces
                           env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_model_selection_switches_to_the_demo_when_the_model_is_absent(repo_root, tmp_path):
+def test_model_selection_demo_only_without_the_default_model(repo_root, tmp_path):
     env = {**os.environ, "MODEL": str(tmp_path / "absent")}
-    for name in ("OUTPUT_DIR", "DEMO_BASE_MODEL", "DEMO_OUTPUT_DIR"):
+    for name in ("OUTPUT_DIR", "DEMO_BASE_MODEL", "DEMO_OUTPUT_DIR", "DEMO"):
         env.pop(name, None)
     shown = 'waimai_select_model; echo "$DEMO|$BASE_MODEL|$TRAIN_OUTPUT_DIR"'
-    demo = _bash(repo_root, shown, env)
-    assert "No Baichuan2 model at MODEL=" in demo.stdout
+    mistyped = _bash(repo_root, shown, env)
+    assert mistyped.returncode == 2
+    assert mistyped.stderr.strip() == f"error: MODEL={tmp_path / 'absent'}: no such model folder (unset MODEL to run " \
+        "the tiny demo)"
+    demo = _bash(repo_root, shown, {**env, "DEMO": "1"})
+    assert "running the tiny demo" in demo.stdout
     assert demo.stdout.splitlines()[-1] == "1|output/demo/tiny-base|output/demo/tiny-tuned"
     (tmp_path / "absent").mkdir()
     real = _bash(repo_root, shown, {**env, "OUTPUT_DIR": "out/7b"})
@@ -256,3 +277,55 @@ def test_missing_training_data_says_how_to_make_it(repo_root, data_dir, tmp_path
         f"error: {tmp_path / 'absent.jsonl'}: file not found; make it with `python make_data.py --download`"
     )
     assert not (tmp_path / "tiny-base").exists() and not (tmp_path / "tuned").exists()
+
+
+TWO_NODE_ARGS = ("--max_steps", "2", "--global_batch_size", "4", "--per_device_train_batch_size", "2",
+                 "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--max_eval_samples", "8",
+                 "--disable_tqdm", "true")
+
+
+def _two_nodes(repo_root: Path, tmp_path: Path, data_dir: Path, base: Path, output_dirs: tuple[Path, Path]) -> list:
+    """`HOSTFILE=hostfile NODE_RANK=<i> MASTER_ADDR=127.0.0.1 bash ds_run_bf16.sh` for nodes 0 and 1 at once."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("nodeA slots=1\nnodeB slots=1\n", encoding="utf-8")
+    port = str(_free_port())
+    nodes = []
+    for rank, output_dir in enumerate(output_dirs):
+        env = _env(tmp_path, data_dir, DEMO_BASE_MODEL=str(base), DEMO_OUTPUT_DIR=str(output_dir),
+                   HOSTFILE=str(hostfile), NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                   OMP_NUM_THREADS="1", WAIMAI_DEVICE="cpu")
+        nodes.append(subprocess.Popen(["bash", "ds_run_bf16.sh", *TWO_NODE_ARGS], cwd=repo_root, env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True))
+    outputs = []
+    for node in nodes:
+        try:
+            outputs.append(node.communicate(timeout=TIMEOUT_S)[0])
+        finally:
+            if node.poll() is None:
+                _stop_group(node)
+    return [(node.returncode, output) for node, output in zip(nodes, outputs)]
+
+
+def test_two_nodes_without_ssh_train_once_into_one_shared_folder(repo_root, data_dir, tmp_path):
+    base, output_dir = tmp_path / "tiny-base", tmp_path / "shared-run"  # node 0 builds the base, node 1 waits
+    first = _two_nodes(repo_root, tmp_path, data_dir, base, (output_dir, output_dir))
+    assert [code for code, _ in first] == [0, 0], first[0][1][-3000:] + first[1][1][-3000:]
+    assert first[0][1].count("built tiny base model") == 1 and "built tiny base model" not in first[1][1]
+    summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
+    assert summary["processes"] == 2 and summary["global_step"] == 2
+    manifest = json.loads((output_dir / "run_manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["world_size"], manifest["zero_stage"]) == (2, 2)
+    assert load_model(output_dir).config.vocab_size == load_model(base).config.vocab_size
+    assert not list(output_dir.glob(".shared-check-*"))
+    again = _two_nodes(repo_root, tmp_path, data_dir, base, (output_dir, output_dir))
+    assert [code for code, _ in again] == [0, 0], again[0][1][-3000:] + again[1][1][-3000:]
+    assert "already holds this run's final model (checkpoint-2); nothing to train" in again[0][1]
+
+
+def test_two_nodes_with_a_folder_each_both_stop_with_the_error(repo_root, data_dir, prebuilt_base, tmp_path):
+    nodes = _two_nodes(repo_root, tmp_path, data_dir, prebuilt_base, (tmp_path / "on-A", tmp_path / "on-B"))
+    for (code, output), folder in zip(nodes, ("on-A", "on-B")):
+        assert code == 2, output[-3000:]
+        assert (f"error: --output_dir {tmp_path / folder} is not one shared folder: rank 1 on "
+                f"{socket.gethostname()} cannot see the files rank 0 writes there") in output
+    assert not any((tmp_path / folder / "run_manifest.json").exists() for folder in ("on-A", "on-B"))

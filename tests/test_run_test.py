@@ -57,9 +57,9 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
 
 
 def run_shell_demo(demo: dict, base_model: Path, *args: str) -> subprocess.CompletedProcess:
-    """`bash run_test.sh` where no 7B model exists, so that it compares the demo models named by the environment."""
-    env = os.environ | {
-        "MODEL": str(demo["root"] / "no-7b-model"),
+    """`bash run_test.sh` with DEMO=1, so that it compares the demo models named by the environment."""
+    env = {name: value for name, value in os.environ.items() if name != "MODEL"} | {
+        "DEMO": "1",
         "DEMO_BASE_MODEL": str(base_model),
         "DEMO_OUTPUT_DIR": str(demo["train_output_dir"]),
         "EVAL_DATA": str(demo["eval_data"]),

@@ -13,7 +13,7 @@ def test_pins_come_from_requirements_txt():
 
 def test_pinned_environment_passes_and_a_mismatch_says_what_to_install(monkeypatch):
     assert versions.version_problems() == []
-    pins = {**versions.pinned_versions(), "accelerate": "0.1.0", "torch": "1.0.0"}
+    pins = {**versions.pinned_versions(), "accelerate": "0.1.0"}
     monkeypatch.setattr(versions, "pinned_versions", lambda: pins)
     from tuning.runtime.errors import DataError
     from tuning.train.run import check_versions
@@ -22,7 +22,23 @@ def test_pinned_environment_passes_and_a_mismatch_says_what_to_install(monkeypat
         check_versions()
     message = str(error.value)
     assert "\n" not in message
-    assert "pip install accelerate==0.1.0" in message and "pip install torch==1.0.0" in message
+    assert message == f"accelerate {versions.installed_version('accelerate')} is installed but this project needs 0.1.0: " \
+        "pip install accelerate==0.1.0"
+
+
+def test_a_machines_own_torch_in_the_supported_range_is_accepted(monkeypatch):
+    """A CUDA image with torch 2.11, transformers 5.17 and no DeepSpeed: one problem per missing piece, not torch."""
+    pins = versions.pinned_versions()
+    installed = {"torch": "2.11.0+cu128", "transformers": "5.17.0", "accelerate": pins["accelerate"]}
+    monkeypatch.setattr(versions, "installed_version", installed.get)
+    assert versions.version_problems() == [
+        f"transformers 5.17.0 is installed but this project needs {pins['transformers']}: "
+        f"pip install transformers=={pins['transformers']}",
+        f"deepspeed is not installed but this project needs {pins['deepspeed']}: "
+        f"pip install deepspeed=={pins['deepspeed']}",
+    ]
+    installed["torch"] = "2.4.1"
+    assert versions.version_problems()[-1].startswith("torch 2.4.1 is installed but this project needs torch>=2.5,<2.14")
 
 
 def test_torch_npu_must_match_torch(monkeypatch):
@@ -92,9 +108,12 @@ def test_cpu_bf16_can_be_forced(monkeypatch):
     assert any("emulated and very slow" in text for text in notes)
 
 
-def test_bf16_on_an_accelerator_without_it_is_an_error():
-    with pytest.raises(ValueError, match="this cuda device has no native bf16"):
-        adapt_to_device(_values(), "cuda", native_bf16=False)
+def test_bf16_on_an_accelerator_without_it_becomes_fp16_with_a_note():
+    values = _values()
+    notes = adapt_to_device(values, "cuda", native_bf16=False)
+    assert (values["bf16"], values["fp16"]) == (False, True)
+    assert notes == ["this cuda device has no native bf16: training in fp16 with loss scaling "
+                     "(BF16=false FP16=true bash ds_run_bf16.sh says so yourself)"]
 
 
 def test_fused_adamw_is_torch_npus_on_the_npu():

@@ -2,8 +2,9 @@
 
 The original recipe patched transformers' training_args.py so that its bf16/fp16 checks accepted the NPU.
 transformers 5.24 detects NPU bf16 itself; what is still needed here:
-- bf16 on a device without native bf16: an error on an accelerator; on the CPU training falls back to fp32 with a
-  note (emulated bf16 is ~60x slower there); `WAIMAI_CPU_BF16=1` keeps bf16 on the CPU anyway;
+- bf16 on a device without native bf16: on an accelerator (V100, T4) training switches to fp16 with DeepSpeed's
+  dynamic loss scaling, with a note; on the CPU it falls back to fp32 with a note (emulated bf16 is ~60x slower
+  there); `WAIMAI_CPU_BF16=1` keeps bf16 on the CPU anyway;
 - torch's fused AdamW (`adamw_torch_fused`, the recipe's optimizer) is torch_npu's fused AdamW on the NPU;
 - `--tf32` exists on NVIDIA GPUs only: elsewhere it is dropped with a note instead of stopping the run;
 - the CPU: `use_cpu` (transformers then accepts bf16 there) and, for DeepSpeed, a gloo process group, which
@@ -30,9 +31,10 @@ def adapt_to_device(values: dict, device_kind: str, native_bf16: bool) -> list[s
         raise ValueError("--fp16 and --bf16 exclude each other")
     if values.get("bf16") and not native_bf16:
         if device_kind != "cpu":
-            raise ValueError(f"--bf16: this {device_kind} device has no native bf16; train in fp32 with "
-                             "--bf16 false (BF16=false bash ds_run_bf16.sh)")
-        if os.environ.get(FORCE_CPU_BF16) == "1":
+            values["bf16"], values["fp16"] = False, True
+            notes.append(f"this {device_kind} device has no native bf16: training in fp16 with loss scaling "
+                         "(BF16=false FP16=true bash ds_run_bf16.sh says so yourself)")
+        elif os.environ.get(FORCE_CPU_BF16) == "1":
             notes.append(f"{FORCE_CPU_BF16}=1: bf16 on a CPU without native bf16 is emulated and very slow")
         else:
             values["bf16"] = False

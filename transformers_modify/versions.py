@@ -3,10 +3,15 @@
 from importlib import metadata
 from pathlib import Path
 
+from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 EXACT = ("transformers", "accelerate", "deepspeed")  # what train.py relies on beyond their public API
+# Accelerator machines bring their own torch (the one torch_npu and CANN were built for, or a CUDA image's): any
+# release in this range is accepted. 2.5 is the first with TORCH_DEVICE_BACKEND_AUTOLOAD, which the launchers use.
+SUPPORTED_TORCH_RANGE = ">=2.5,<2.14"
+SUPPORTED_TORCH = SpecifierSet(SUPPORTED_TORCH_RANGE)
 
 
 def pinned_versions(path: Path = REQUIREMENTS) -> dict[str, str]:
@@ -48,7 +53,8 @@ def version_problems(pins: dict[str, str] | None = None) -> list[str]:
                 f"torch_npu {torch_npu_version} does not match torch {torch_version}: install the torch and torch_npu "
                 "pair released for your CANN version (see README)"
             )
-    elif torch_version is None or _release(torch_version) != _release(pins["torch"]):
+    if torch_version is None or Version(".".join(map(str, _release(torch_version)))) not in SUPPORTED_TORCH:
         state = "is not installed" if torch_version is None else f"{torch_version} is installed"
-        problems.append(f"torch {state} but this project needs {pins['torch']}: pip install torch=={pins['torch']}")
+        problems.append(f"torch {state} but this project needs torch{SUPPORTED_TORCH_RANGE} (tested: {pins['torch']}): "
+                        f"pip install torch=={pins['torch']}")
     return problems

@@ -5,16 +5,64 @@ import pytest
 import torch
 from transformers.utils import is_flash_attn_2_available
 
+from tuning.model import baichuan
 from tuning.model.baichuan import attention_implementation
-from tuning.runtime.devices import Device, compute_dtype, detect_device
+from tuning.runtime.devices import BACKENDS, Device, compute_dtype, detect_device
 from tuning.runtime.errors import DataError
 
 
-def test_this_machine_is_a_cpu_with_gloo(monkeypatch):
+def test_the_detected_device_has_its_backend_and_a_device_per_rank(monkeypatch):
     monkeypatch.delenv("WAIMAI_DEVICE", raising=False)
     device = detect_device()
-    assert (device.kind, device.count, device.backend) == ("cpu", 1, "gloo")
-    assert device.torch_device(3) == torch.device("cpu")
+    assert device.backend == BACKENDS[device.kind] and device.count >= 1
+    expected = torch.device("cpu") if device.kind == "cpu" else torch.device(device.kind, 0)
+    assert device.torch_device(0) == expected
+
+
+class FakeCuda:
+    """torch.cuda of a machine with two V100s (compute capability 7.0), recording the order of the calls."""
+
+    def __init__(self):
+        self.calls = []
+        self.current = 0
+
+    def is_available(self):
+        return True
+
+    def device_count(self):
+        return 2
+
+    def set_device(self, index):
+        self.calls.append(f"set_device({index})")
+        self.current = index
+
+    def is_bf16_supported(self, including_emulation=True):
+        self.calls.append(f"is_bf16_supported(device {self.current}, including_emulation={including_emulation})")
+        return including_emulation  # V100: emulated bf16 only
+
+    def get_device_capability(self):
+        self.calls.append(f"get_device_capability(device {self.current})")
+        return (7, 0)
+
+
+def test_each_rank_binds_its_card_before_any_query_and_bf16_is_native_only(monkeypatch):
+    fake = FakeCuda()
+    monkeypatch.setattr(torch, "cuda", fake)
+    monkeypatch.setenv("WAIMAI_DEVICE", "cuda")
+    device = detect_device(local_rank=1)
+    assert fake.calls == ["set_device(1)", "is_bf16_supported(device 1, including_emulation=False)",
+                          "get_device_capability(device 1)"]
+    assert device == Device("cuda", 2, False, (7, 0))
+    assert not device.ampere_or_newer and Device("cuda", 8, True, (8, 0)).ampere_or_newer
+
+
+def test_cards_before_ampere_get_no_flash_attention_and_fp16_instead_of_bf16(monkeypatch):
+    monkeypatch.setattr(baichuan, "is_flash_attn_2_available", lambda: True)
+    v100, a100 = Device("cuda", 1, False, (7, 0)), Device("cuda", 1, True, (8, 0))
+    assert attention_implementation(v100, torch.float16) == "sdpa"
+    assert attention_implementation(a100, torch.bfloat16) == "flash_attention_2"
+    assert compute_dtype(v100, want_bf16=False, want_fp16=True) == torch.float16
+    assert compute_dtype(Device("cpu", 1, False), want_bf16=False, want_fp16=True) == torch.float32
 
 
 def test_forcing_a_missing_device_is_a_clear_error(monkeypatch):
@@ -34,7 +82,7 @@ def test_a_broken_torch_npu_install_is_one_line_not_a_traceback(tmp_path, monkey
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: torch_npu is installed but failed to load (libhccl.so: cannot open shared object file); "
-        "source CANN's set_env.sh (e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh) or install the torch_npu "
+        "source CANN's set_env.sh (e.g. /usr/local/Ascend/cann/set_env.sh) or install the torch_npu "
         "that matches torch"
     ]
 
@@ -50,5 +98,5 @@ def test_attention_is_fused_only_where_it_exists():
     assert attention_implementation(Device("npu", 8, True), torch.bfloat16) == "flash_attention_2"
     assert attention_implementation(Device("npu", 8, True), torch.float32) == "sdpa"
     cuda_fused = "flash_attention_2" if is_flash_attn_2_available() else "sdpa"
-    assert attention_implementation(Device("cuda", 1, True), torch.bfloat16) == cuda_fused
+    assert attention_implementation(Device("cuda", 1, True, (9, 0)), torch.bfloat16) == cuda_fused
     assert attention_implementation(Device("cpu", 1, False), torch.float32) == "sdpa"

@@ -222,6 +222,8 @@ def test_training_writes_model_reports_and_rerunning_resumes(tiny_base, data_dir
     assert list(output_dir.glob("runs/*/events.out.tfevents.*"))
     assert load_model(output_dir).config.use_cache is True
     assert latest_complete_checkpoint(output_dir).name == "checkpoint-3"
+    manifest = json.loads((output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert (manifest["world_size"], manifest["zero_stage"], manifest["precision"]) == (1, None, "fp32")
 
     capsys.readouterr()
     assert main(flags) == 0  # the same command again: already done, nothing is trained or rewritten

@@ -74,10 +74,11 @@ def attention_implementation(device: Device, dtype: torch.dtype) -> str:
     """Fused attention where it exists for the device and dtype, SDPA otherwise.
 
     On Ascend NPUs transformers routes "flash_attention_2" to `torch_npu.npu_fusion_attention`;
-    on CUDA it needs the flash-attn package; both need bf16/fp16.
+    on CUDA it needs the flash-attn package and compute capability 8 or more (not V100, T4); both need bf16/fp16.
     """
     half_precision = dtype in (torch.bfloat16, torch.float16)
-    if half_precision and (device.kind == "npu" or (device.kind == "cuda" and is_flash_attn_2_available())):
+    flash_on_cuda = device.kind == "cuda" and device.ampere_or_newer and is_flash_attn_2_available()
+    if half_precision and (device.kind == "npu" or flash_on_cuda):
         return "flash_attention_2"
     return "sdpa"
 

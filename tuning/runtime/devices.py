@@ -23,7 +23,13 @@ T = TypeVar("T")
 class Device:
     kind: str  # "npu", "cuda" or "cpu"
     count: int  # accelerators visible to this process (1 for the CPU)
-    bf16: bool  # native bf16 arithmetic
+    bf16: bool  # native bf16 arithmetic (not emulated)
+    capability: tuple[int, int] | None = None  # CUDA compute capability; None elsewhere
+
+    @property
+    def ampere_or_newer(self) -> bool:
+        """A CUDA card of compute capability 8 or more: TF32 and flash attention exist there (not on V100, T4)."""
+        return self.capability is not None and self.capability >= (8, 0)
 
     @property
     def backend(self) -> str:
@@ -52,26 +58,39 @@ def _import_torch_npu() -> bool:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(
             f"torch_npu is installed but failed to load ({reason}); source CANN's set_env.sh "
-            "(e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh) or install the torch_npu that matches torch"
+            "(e.g. /usr/local/Ascend/cann/set_env.sh) or install the torch_npu that matches torch"
         ) from None
     return True
 
 
-def _npu_device() -> Device | None:
+def _bind(module, local_rank: int) -> None:
+    """Make this rank's card the current one before anything queries a card (a query creates a context on it)."""
+    if local_rank < module.device_count():
+        module.set_device(local_rank)
+
+
+def _npu_device(local_rank: int) -> Device | None:
     if not _import_torch_npu() or not torch.npu.is_available():
         return None
+    _bind(torch.npu, local_rank)
     bf16_check = getattr(torch.npu, "is_bf16_supported", None)
     return Device("npu", torch.npu.device_count(), bool(bf16_check()) if bf16_check else True)
 
 
-def _cuda_device() -> Device | None:
+def _cuda_device(local_rank: int) -> Device | None:
     if not torch.cuda.is_available():
         return None
-    return Device("cuda", torch.cuda.device_count(), torch.cuda.is_bf16_supported())
+    _bind(torch.cuda, local_rank)
+    return Device(
+        "cuda",
+        torch.cuda.device_count(),
+        torch.cuda.is_bf16_supported(including_emulation=False),
+        tuple(torch.cuda.get_device_capability()),
+    )
 
 
-def _cpu_device() -> Device:
-    """The CPU: bf16 only where the processor has native bf16 instructions (AMX or AVX512-BF16)."""
+def _cpu_device(local_rank: int) -> Device:
+    """The CPU (one, whatever `local_rank`): bf16 only where it has native bf16 instructions (AMX or AVX512-BF16)."""
     capability = torch.backends.cpu.get_cpu_capability()
     native_bf16 = capability == "AVX512" and _cpu_flags_have("avx512_bf16", "amx_bf16")
     return Device("cpu", 1, native_bf16)
@@ -86,18 +105,21 @@ def _cpu_flags_have(*flags: str) -> bool:
     return any(flag in text for flag in flags)
 
 
-def detect_device() -> Device:
-    """NPU if torch_npu sees one, else CUDA, else CPU; `WAIMAI_DEVICE` forces a kind."""
+def detect_device(local_rank: int = 0) -> Device:
+    """NPU if torch_npu sees one, else CUDA, else CPU; `WAIMAI_DEVICE` forces a kind.
+
+    The card `local_rank` becomes this process's current device before any query of its properties.
+    """
     forced = os.environ.get("WAIMAI_DEVICE", "").strip().lower()
     probes = {"npu": _npu_device, "cuda": _cuda_device, "cpu": _cpu_device}
     if forced:
         if forced not in probes:
             raise DataError(f"WAIMAI_DEVICE={forced!r}: expected one of npu, cuda, cpu")
-        device = probes[forced]()
+        device = probes[forced](local_rank)
         if device is None:
             raise DataError(f"WAIMAI_DEVICE={forced} but no {forced} device is available")
         return device
-    return _npu_device() or _cuda_device() or _cpu_device()
+    return _npu_device(local_rank) or _cuda_device(local_rank) or _cpu_device(local_rank)
 
 
 def prepare_device(device: Device, local_rank: int = 0) -> None:
@@ -108,9 +130,11 @@ def prepare_device(device: Device, local_rank: int = 0) -> None:
         device.module().set_device(local_rank)
 
 
-def compute_dtype(device: Device, want_bf16: bool) -> torch.dtype:
-    """bf16 where asked and native; fp32 otherwise (fp16 overflows on this model family)."""
-    return torch.bfloat16 if want_bf16 and device.bf16 else torch.float32
+def compute_dtype(device: Device, want_bf16: bool, want_fp16: bool = False) -> torch.dtype:
+    """bf16 where asked and native; fp16 where asked (with loss scaling, for cards without bf16); fp32 otherwise."""
+    if want_bf16 and device.bf16:
+        return torch.bfloat16
+    return torch.float16 if want_fp16 and device.kind != "cpu" else torch.float32
 
 
 def inference_dtype(device: Device, want_bf16: bool = True) -> torch.dtype:

@@ -3,9 +3,15 @@
 import os
 import resource
 import sys
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from tuning.runtime.errors import DataError
+
+T = TypeVar("T")
 
 
 def global_rank() -> int:
@@ -39,6 +45,45 @@ def note(message: str) -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _launched() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_from_main(value: T) -> T:
+    """Rank 0's `value` on every process (any picklable object); collective."""
+    if not _launched():
+        return value
+    holder = [value if is_main_process() else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_from_all(value: T) -> list[T]:
+    """Every process's `value`, in rank order, on every process; collective."""
+    if not _launched():
+        return [value]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def decided_by_main(decide: Callable[[], T]) -> T:
+    """`decide()` run once, on rank 0, and its result on every process.
+
+    A DataError or OSError of `decide()` is raised on every process as a DataError (no process waits for the others).
+    """
+    outcome: tuple[bool, object] | None = None
+    if is_main_process():
+        try:
+            outcome = (True, decide())
+        except (DataError, OSError) as error:
+            outcome = (False, str(error))
+    succeeded, value = broadcast_from_main(outcome)
+    if not succeeded:
+        raise DataError(value)
+    return value
 
 
 def max_over_processes(value: int, device: torch.device) -> int:

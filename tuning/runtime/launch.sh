@@ -1,56 +1,125 @@
 # Shared shell logic of ds_run_bf16.sh and run_test.sh. Source it from the repository root, then call:
 #   waimai_setup_device      sources CANN's set_env.sh when present; exports DEVICE_KIND (npu|cuda|cpu),
-#                            DEVICE_COUNT, DEVICE_BACKEND (hccl|nccl|gloo) and DEVICE_BF16 (1|0)
+#                            DEVICE_COUNT, DEVICE_BACKEND (hccl|nccl|gloo), DEVICE_BF16 (1|0), DS_ACCELERATOR
+#                            (DeepSpeed's accelerator, pinned to DEVICE_KIND) and the accelerator's defaults for
+#                            long loads and saves and changing shapes (each kept when already set)
+#   waimai_device_include    prints DeepSpeed's `--include localhost:<ids>` value for the devices that
+#                            ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES leave visible (the first
+#                            NUM_DEVICES of them when set); prints nothing when the variable is unset
 #   waimai_select_model      exports BASE_MODEL, TRAIN_OUTPUT_DIR and DEMO (0|1): MODEL (default
 #                            models/Baichuan2-7B-Base) and OUTPUT_DIR (default output/baichuan2-7b-waimai), or,
-#                            when the MODEL folder does not exist, the tiny demo: DEMO_BASE_MODEL (default
-#                            output/demo/tiny-base) and DEMO_OUTPUT_DIR (default output/demo/tiny-tuned)
+#                            when the default MODEL folder does not exist (or DEMO=1), the tiny demo:
+#                            DEMO_BASE_MODEL (default output/demo/tiny-base) and DEMO_OUTPUT_DIR (default
+#                            output/demo/tiny-tuned); an explicit MODEL that does not exist is an error
 #   waimai_ensure_demo_base TRAIN_JSONL
-#                            in the demo, builds the tiny base model from TRAIN_JSONL unless it exists
+#                            in the demo, builds the tiny base model from TRAIN_JSONL unless it exists; with
+#                            NODE_RANK set only node 0 builds it and the other machines wait for it
 #   waimai_usage SCRIPT      prints SCRIPT's leading comment block (its --help text)
 # Each returns non-zero after printing a one-line error. PYTHON picks the interpreter (default: python).
 
-waimai_setup_device() {
-    local toolkit="${ASCEND_TOOLKIT_HOME:-/usr/local/Ascend/ascend-toolkit/latest}"
-    local candidate cann_env=""
-    for candidate in "$toolkit/set_env.sh" "$toolkit/../set_env.sh" /usr/local/Ascend/ascend-toolkit/set_env.sh; do
+WAIMAI_DEMO_BASE_WAIT_S="${WAIMAI_DEMO_BASE_WAIT_S:-60}"
+
+# CANN's set_env.sh: CANN 8.5+ installs to <prefix>/Ascend/cann, older releases to <prefix>/Ascend/ascend-toolkit
+# (root: /usr/local, otherwise $HOME); ASCEND_HOME_PATH / ASCEND_TOOLKIT_HOME point at a version folder.
+waimai_cann_candidates() {
+    local home
+    for home in "${ASCEND_HOME_PATH:-}" "${ASCEND_TOOLKIT_HOME:-}"; do
+        if [ -n "$home" ]; then printf '%s\n' "$home/set_env.sh" "$home/../set_env.sh"; fi
+    done
+    for home in /usr/local/Ascend "${HOME:-/nonexistent}/Ascend"; do
+        printf '%s\n' "$home/cann/set_env.sh" "$home/ascend-toolkit/set_env.sh"
+    done
+}
+
+waimai_source_cann() {
+    local candidates candidate
+    mapfile -t candidates < <(waimai_cann_candidates)
+    for candidate in "${candidates[@]}"; do
         if [ -f "$candidate" ]; then
-            cann_env="$candidate"
-            break
+            # CANN's script reads unset variables and runs commands that may fail: source it with errexit,
+            # nounset and pipefail off, then restore the caller's options.
+            local flags="$-" pipefail=0
+            if shopt -qo pipefail; then pipefail=1; fi
+            set +o errexit +o nounset +o pipefail
+            # shellcheck disable=SC1090
+            source "$candidate"
+            if [[ "$flags" == *e* ]]; then set -o errexit; fi
+            if [[ "$flags" == *u* ]]; then set -o nounset; fi
+            if [ "$pipefail" = 1 ]; then set -o pipefail; fi
+            return 0
         fi
     done
-    if [ -n "$cann_env" ]; then
-        # CANN's script reads unset variables; nounset is restored after it.
-        local had_nounset=0
-        case $- in *u*) had_nounset=1 ;; esac
-        set +u
-        # shellcheck disable=SC1090
-        source "$cann_env"
-        if [ "$had_nounset" = 1 ]; then set -u; fi
-    elif [ "${WAIMAI_DEVICE:-}" = npu ]; then
-        echo "error: WAIMAI_DEVICE=npu but CANN is not installed: no set_env.sh under ${toolkit} or" \
-            "/usr/local/Ascend/ascend-toolkit (set ASCEND_TOOLKIT_HOME)" >&2
+    return 1
+}
+
+waimai_setup_device() {
+    if ! waimai_source_cann && [ "${WAIMAI_DEVICE:-}" = npu ]; then
+        echo "error: WAIMAI_DEVICE=npu but CANN is not installed: no set_env.sh under /usr/local/Ascend/cann," \
+            "\$HOME/Ascend/cann or ascend-toolkit (set ASCEND_HOME_PATH or ASCEND_TOOLKIT_HOME)" >&2
         return 1
     fi
     local detected
-    detected="$("${PYTHON:-python}" -m tuning.runtime.devices)" || return 1
+    # torch >= 2.5 imports torch_npu on `import torch`; with a broken CANN that import would be a traceback. The
+    # probe loads torch_npu itself and turns a failure into a one-line error.
+    detected="$(TORCH_DEVICE_BACKEND_AUTOLOAD=0 "${PYTHON:-python}" -m tuning.runtime.devices)" || return 1
     read -r DEVICE_KIND DEVICE_COUNT DEVICE_BACKEND DEVICE_BF16 <<<"$detected"
     export DEVICE_KIND DEVICE_COUNT DEVICE_BACKEND DEVICE_BF16
+    export DS_ACCELERATOR="$DEVICE_KIND"  # DeepSpeed would otherwise pick the accelerator by what is installed
+    case "$DEVICE_KIND" in
+        npu)
+            # Every rank loads ~15 GB before the first collective and rank 0 writes ~40 GB per ZeRO-2 checkpoint:
+            # HCCL's defaults (120 s to connect, 1800 s per operation) are too short for both.
+            export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-1200}"
+            export HCCL_EXEC_TIMEOUT="${HCCL_EXEC_TIMEOUT:-3600}"
+            export PYTORCH_NPU_ALLOC_CONF="${PYTORCH_NPU_ALLOC_CONF:-expandable_segments:True}" ;;
+        cuda)
+            export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}" ;;
+    esac  # every batch has its own shape: expandable segments keep the allocator from fragmenting
+}
+
+waimai_device_include() {
+    local variable
+    case "$DEVICE_KIND" in
+        npu) variable=ASCEND_RT_VISIBLE_DEVICES ;;
+        cuda) variable=CUDA_VISIBLE_DEVICES ;;
+        *) return 0 ;;
+    esac
+    local visible="${!variable:-}"
+    if [ -z "$visible" ]; then return 0; fi
+    if ! [[ "$visible" =~ ^[0-9]+(,[0-9]+)*$ ]]; then
+        echo "error: ${variable}=${visible}: expected device numbers such as 4,5,6,7" >&2
+        return 1
+    fi
+    local ids
+    IFS=, read -r -a ids <<<"$visible"
+    local count="${NUM_DEVICES:-${#ids[@]}}"
+    if [ "$count" -gt "${#ids[@]}" ]; then
+        echo "error: NUM_DEVICES=${count} but ${variable}=${visible} makes only ${#ids[@]} devices visible" >&2
+        return 1
+    fi
+    local chosen="${ids[*]:0:$count}"
+    echo "localhost:${chosen// /,}"
 }
 
 waimai_select_model() {
     local model="${MODEL:-models/Baichuan2-7B-Base}"
-    if [ -d "$model" ]; then
+    if [ -n "${MODEL:-}" ] && [ "${DEMO:-0}" != 1 ] && [ ! -d "$model" ]; then
+        echo "error: MODEL=${model}: no such model folder (unset MODEL to run the tiny demo)" >&2
+        return 2
+    fi
+    if [ "${DEMO:-0}" != 1 ] && [ -d "$model" ]; then
         DEMO=0
         BASE_MODEL="$model"
         TRAIN_OUTPUT_DIR="${OUTPUT_DIR:-output/baichuan2-7b-waimai}"
     else
+        local reason="No Baichuan2 model at MODEL=${model}"
+        if [ "${DEMO:-0}" = 1 ]; then reason="DEMO=1"; fi
         DEMO=1
         BASE_MODEL="${DEMO_BASE_MODEL:-output/demo/tiny-base}"
         TRAIN_OUTPUT_DIR="${DEMO_OUTPUT_DIR:-output/demo/tiny-tuned}"
         cat <<EOF
 ======================================================================
- No Baichuan2 model at MODEL=${model}: running the tiny demo instead.
+ ${reason}: running the tiny demo instead.
  Base model: ${BASE_MODEL} (random init, ~1.4M parameters, vocabulary
  trained on the training reviews); tuned model: ${TRAIN_OUTPUT_DIR}.
  For the real run put Baichuan2-7B-Base there or set MODEL=<folder>.
@@ -65,7 +134,21 @@ waimai_ensure_demo_base() {
     if [ "$DEMO" != 1 ] || [ -d "$BASE_MODEL" ]; then
         return 0
     fi
-    "${PYTHON:-python}" -m tuning.model.tiny --train_data "$train_data" --output_dir "$BASE_MODEL"
+    if [ "${NODE_RANK:-0}" = 0 ]; then
+        # The build writes a temporary folder and renames it into place: other machines never see half of it.
+        "${PYTHON:-python}" -m tuning.model.tiny --train_data "$train_data" --output_dir "$BASE_MODEL"
+        return
+    fi
+    local waited=0
+    while [ ! -d "$BASE_MODEL" ]; do
+        if [ "$waited" -ge "$WAIMAI_DEMO_BASE_WAIT_S" ]; then
+            echo "error: no demo base model at ${BASE_MODEL} after ${waited} s: node 0 builds it there, so" \
+                "DEMO_BASE_MODEL must be on a file system shared by all machines" >&2
+            return 2
+        fi
+        sleep 1
+        waited=$((waited + 1))
+    done
 }
 
 waimai_usage() {

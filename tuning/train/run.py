@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,8 +13,15 @@ from transformers_modify.training_args import adapt_to_device
 from transformers_modify.versions import version_problems
 from tuning.data.collate import EncodedDataset, PaddingCollator
 from tuning.data.encode import EncodedSplit, load_split
-from tuning.data.prompt import prompt_format_from_flags
-from tuning.model.baichuan import BaichuanConfig, attention_implementation, check_model_dir, load_model, load_tokenizer
+from tuning.data.prompt import PromptFormat, prompt_format_from_flags
+from tuning.model.baichuan import (
+    BaichuanConfig,
+    BaichuanTokenizer,
+    attention_implementation,
+    check_model_dir,
+    load_model,
+    load_tokenizer,
+)
 from tuning.runtime.devices import (
     Device,
     compute_dtype,
@@ -24,7 +32,7 @@ from tuning.runtime.devices import (
     synchronize,
 )
 from tuning.runtime.distributed import (
-    barrier,
+    decided_by_main,
     local_rank,
     max_over_processes,
     note,
@@ -47,9 +55,9 @@ from tuning.train.run_folder import (
     CURVES_NAME,
     MANIFEST_NAME,
     SUMMARY_NAME,
-    already_trained,
-    check_output_dir,
-    resolve_resume,
+    check_shared_output_dir,
+    plan_resume,
+    run_shape,
 )
 from tuning.train.trainer import LabelAccuracy, WaimaiTrainer
 
@@ -92,8 +100,11 @@ def final_eval_metrics(trainer: WaimaiTrainer) -> dict:
 def setup_training_arguments(recipe: Recipe, device: Device, train_samples: int) -> TrainingArguments:
     """The Trainer's arguments for this launch and device; the only place TrainingArguments is built."""
     values = training_argument_values(recipe, world_size())
-    if values["tf32"] is None and device.kind == "cuda":
+    if values["tf32"] is None and device.ampere_or_newer:
         values["tf32"] = True
+    elif values["tf32"] and device.kind == "cuda" and not device.ampere_or_newer:
+        values["tf32"] = None
+        note(f"--tf32 needs compute capability 8.0 or newer; ignored on this card ({device.capability})")
     try:
         notes = adapt_to_device(values, device.kind, device.bf16)
     except ValueError as error:
@@ -108,10 +119,20 @@ def setup_training_arguments(recipe: Recipe, device: Device, train_samples: int)
     return build_training_arguments(values)
 
 
-def build_trainer(
-    recipe: Recipe, model_dir: Path, device: Device
-) -> tuple[WaimaiTrainer, EncodedSplit, EncodedSplit | None]:
-    """Tokenizer, encoded data, arguments, model and Trainer, with every input checked first."""
+@dataclass
+class RunInputs:
+    """What training needs before the model: tokenizer, prompt format, encoded data, the Trainer's arguments."""
+
+    tokenizer: BaichuanTokenizer
+    config: BaichuanConfig
+    prompt_format: PromptFormat
+    train_split: EncodedSplit
+    eval_split: EncodedSplit | None
+    args: TrainingArguments
+
+
+def prepare_inputs(recipe: Recipe, model_dir: Path, device: Device) -> RunInputs:
+    """Every input checked and encoded, and the Trainer's arguments (which start the launch's process group)."""
     data = recipe.data
     tokenizer = load_tokenizer(model_dir)
     config = BaichuanConfig.from_pretrained(model_dir)
@@ -125,10 +146,30 @@ def build_trainer(
             note(f"{split.truncated} of {len(split.examples)} {name} reviews are longer than "
                  f"--model_max_length {data.model_max_length} tokens: cut to fit (counted in {SUMMARY_NAME})")
     args = setup_training_arguments(recipe, device, len(train_split.examples))
+    return RunInputs(tokenizer, config, prompt_format, train_split, eval_split, args)
 
-    # Under DeepSpeed the weights stay in the compute dtype (bf16: half the host memory, fp32 master copies live in
-    # the optimizer); the plain Trainer keeps fp32 weights and autocasts.
-    dtype = compute_dtype(device, args.bf16) if args.deepspeed else torch.float32
+
+def precision_of(args: TrainingArguments) -> str:
+    return "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+
+
+def shape_of(args: TrainingArguments) -> dict:
+    """Processes, ZeRO stage and precision of this launch (what its DeepSpeed checkpoints depend on)."""
+    stage = args.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage", 0) if args.deepspeed else None
+    return run_shape(args.world_size, stage, precision_of(args))
+
+
+def build_trainer(
+    recipe: Recipe, model_dir: Path, device: Device, inputs: RunInputs | None = None
+) -> tuple[WaimaiTrainer, EncodedSplit, EncodedSplit | None]:
+    """Tokenizer, encoded data, arguments, model and Trainer, with every input checked first."""
+    inputs = inputs or prepare_inputs(recipe, model_dir, device)
+    data, args, config, prompt_format = recipe.data, inputs.args, inputs.config, inputs.prompt_format
+    train_split, eval_split = inputs.train_split, inputs.eval_split
+
+    # Under DeepSpeed the weights stay in the compute dtype (bf16/fp16: half the host memory, fp32 master copies live
+    # in the optimizer); the plain Trainer keeps fp32 weights and autocasts.
+    dtype = compute_dtype(device, args.bf16, args.fp16) if args.deepspeed else torch.float32
     model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
     label_accuracy = None
     if eval_split is not None:
@@ -136,7 +177,7 @@ def build_trainer(
             prompts=eval_split.prompts(),
             gold=eval_split.answers,
             label_words=prompt_format.label_words,
-            candidates=[prompt_format.label_ids(tokenizer, word) for word in prompt_format.label_words],
+            candidates=[prompt_format.label_ids(inputs.tokenizer, word) for word in prompt_format.label_words],
             pad_token_id=config.pad_token_id,
             batch_size=args.per_device_eval_batch_size,
         )
@@ -153,7 +194,7 @@ def build_trainer(
         data_collator=PaddingCollator(config.pad_token_id, data.padding, data.model_max_length),
         train_dataset=EncodedDataset(train_split.examples),
         eval_dataset=EncodedDataset(eval_split.examples) if eval_split else None,
-        processing_class=tokenizer,
+        processing_class=inputs.tokenizer,
         logits_at_labels_only=data.use_logits_at_labels_only(),
         label_accuracy=label_accuracy,
         step_metrics=step_metrics,
@@ -193,7 +234,7 @@ def run_summary(
         "model": model,
         "device": device.kind,
         "processes": args.world_size,
-        "precision": "bf16" if args.bf16 else "fp32",
+        "precision": precision_of(args),
         "padding": recipe.data.padding,
         "logits_at_labels_only": trainer.logits_at_labels_only,
         "resumed_from": resumed_from,
@@ -219,23 +260,23 @@ def train(recipe: Recipe, started: float) -> int:
     output_dir = Path(flags.output_dir)
     model_dir = check_model_dir(recipe.model.model_name_or_path)
     identity = run_identity(model_dir, recipe.data)
-    check_output_dir(output_dir, identity)
-    resume = resolve_resume(flags.resume_from_checkpoint, output_dir)
-    if resume and already_trained(output_dir, resume, flags.max_steps, flags.num_train_epochs):
-        note(f"{output_dir} already holds this run's final model ({Path(resume).name}); nothing to train")
-        return 0
-    if not resume and (output_dir / SUMMARY_NAME).is_file():
-        note(f"{output_dir} already holds a finished run ({SUMMARY_NAME}) and no checkpoint to continue from; "
-             "nothing to train (choose another --output_dir to train again)")
-        return 0
-    device = detect_device()
+    device = detect_device(local_rank())  # binds this rank's card before anything queries one
     prepare_device(device, local_rank())
-    trainer, train_split, eval_split = build_trainer(recipe, model_dir, device)
+    inputs = prepare_inputs(recipe, model_dir, device)
+    shape = shape_of(inputs.args)
+    check_shared_output_dir(output_dir)
+    plan = decided_by_main(
+        lambda: plan_resume(output_dir, identity, flags.resume_from_checkpoint, shape, flags.max_steps,
+                            flags.num_train_epochs)
+    )
+    if plan.finished:
+        note(plan.finished)
+        return 0
+    resume = plan.checkpoint
+    trainer, train_split, eval_split = build_trainer(recipe, model_dir, device, inputs)
     args = trainer.args
-    barrier()  # every process has checked output_dir before the manifest appears in it
     if trainer.is_world_process_zero():
-        if not (output_dir / MANIFEST_NAME).is_file():
-            write_json(output_dir / MANIFEST_NAME, identity)
+        write_json(output_dir / MANIFEST_NAME, identity | shape)
         write_json(output_dir / CONFIG_NAME, resolved_config(recipe, args, device))
     if resume:
         note(f"resuming from {resume}")

@@ -2,16 +2,22 @@
 
 Files train.py writes in OUTPUT_DIR:
 - run_manifest.json: what makes two runs the same run (model, data, encoding); a folder holding another run is
-  refused, and a re-run of the same run continues from its latest complete checkpoint;
+  refused, and a re-run of the same run continues from its latest complete checkpoint. It also records the run's
+  shape (processes, ZeRO stage, precision): DeepSpeed's checkpoints resume only with the same shape;
 - run_config.json: every setting's final value (`{"recipe", "model", "data", "training"}`); run_test.py and
   predict.py read the prompt settings from it;
 - train_summary.json, training_curves.png, checkpoint-N/ folders and the final model.
 """
 
 import re
+import secrets
+import socket
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuning.model.files import missing_model_files
+from tuning.runtime.distributed import broadcast_from_main, gather_from_all, global_rank, is_main_process
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import read_json
 
@@ -20,6 +26,8 @@ CONFIG_NAME = "run_config.json"
 SUMMARY_NAME = "train_summary.json"
 CURVES_NAME = "training_curves.png"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+SHAPE_KEYS = ("world_size", "zero_stage", "precision")
+SHARED_CHECK_WAIT_S = 10.0  # how long a process waits to see rank 0's file (network file systems cache lookups)
 
 def missing_deepspeed_files(folder: str | Path) -> list[str]:
     """What a DeepSpeed checkpoint lacks: DeepSpeed writes `latest` (naming the global_step folder) after the states.
@@ -80,6 +88,70 @@ def check_output_dir(output_dir: Path, identity: dict) -> None:
                 f"{output_dir} holds files but no {MANIFEST_NAME} (another run's? {', '.join(foreign[:3])}); "
                 "choose another --output_dir"
             )
+
+
+def run_shape(world_size: int, zero_stage: int | None, precision: str) -> dict:
+    """What a DeepSpeed checkpoint of this run can only be resumed with (recorded in the manifest)."""
+    return dict(zip(SHAPE_KEYS, (world_size, zero_stage, precision)))
+
+
+def check_resume_shape(output_dir: Path, checkpoint: str, shape: dict) -> None:
+    """Refuse to resume a checkpoint saved with another number of processes, ZeRO stage or precision."""
+    manifest = output_dir / MANIFEST_NAME
+    recorded = read_json(manifest) if manifest.is_file() else {}
+    changed = [key for key in SHAPE_KEYS if key in recorded and recorded[key] != shape[key]]
+    if changed:
+        then = ", ".join(f"{key} {recorded[key]}" for key in changed)
+        now = ", ".join(f"{key} {shape[key]}" for key in changed)
+        raise DataError(
+            f"{checkpoint} was saved with {then}, this launch has {now}: launch it as it was saved, start a new "
+            "OUTPUT_DIR, or convert the checkpoint to DeepSpeed's universal format (python -m "
+            'deepspeed.checkpoint.ds_to_universal) and resume with "checkpoint": {"load_universal": true}'
+        )
+
+
+def check_shared_output_dir(output_dir: Path) -> None:
+    """Every process sees the file rank 0 writes in output_dir; else DataError on every process (collective)."""
+    name = None
+    if is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        name = f".shared-check-{secrets.token_hex(8)}"
+        (output_dir / name).write_text(socket.gethostname(), encoding="utf-8")
+    marker = output_dir / broadcast_from_main(name)  # each process looks in the folder it was given
+    deadline = time.monotonic() + SHARED_CHECK_WAIT_S
+    while not marker.is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    views = gather_from_all((global_rank(), socket.gethostname(), marker.is_file()))
+    if is_main_process():
+        marker.unlink()
+    blind = [f"rank {rank} on {host}" for rank, host, seen in views if not seen]
+    if blind:
+        raise DataError(
+            f"--output_dir {output_dir} is not one shared folder: {', '.join(blind)} cannot see the files rank 0 "
+            "writes there; OUTPUT_DIR must be on a file system shared by all machines"
+        )
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    checkpoint: str | None  # the checkpoint to continue from; None: train from the start
+    finished: str | None = None  # why there is nothing to train; None: train
+
+
+def plan_resume(output_dir: Path, identity: dict, resume_flag: str | None, shape: dict, max_steps: int,
+                epochs: float) -> ResumePlan:
+    """Whether and where this run continues in output_dir (made once, on rank 0, in a launch)."""
+    check_output_dir(output_dir, identity)
+    checkpoint = resolve_resume(resume_flag, output_dir)
+    if checkpoint and already_trained(output_dir, checkpoint, max_steps, epochs):
+        return ResumePlan(checkpoint, f"{output_dir} already holds this run's final model ({Path(checkpoint).name}); "
+                                      "nothing to train")
+    if not checkpoint and (output_dir / SUMMARY_NAME).is_file():
+        return ResumePlan(None, f"{output_dir} already holds a finished run ({SUMMARY_NAME}) and no checkpoint to "
+                                "continue from; nothing to train (choose another --output_dir to train again)")
+    if checkpoint:
+        check_resume_shape(output_dir, checkpoint, shape)
+    return ResumePlan(checkpoint)
 
 
 def resolve_resume(value: str | None, output_dir: Path) -> str | None:

@@ -1,0 +1,204 @@
+"""ds_run_bf16.sh's decisions for accelerators and clusters, seen through a stub `deepspeed` on PATH.
+
+The stub records its arguments and the environment it was started with; a stub interpreter (PYTHON) stands in for
+the device probe where the test needs an NPU or GPU machine. No training runs here (see test_ds_run.py for that).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+RECORDED_ENV = ("DS_ACCELERATOR", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "PYTORCH_NPU_ALLOC_CONF",
+                "PYTORCH_CUDA_ALLOC_CONF", "ASCEND_RT_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "FAKE_CANN")
+
+
+def _write_script(path: Path, text: str) -> Path:
+    path.write_text("#!/usr/bin/env bash\n" + text, encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def machine(tmp_path):
+    """A stub `deepspeed` first on PATH, a stub probe interpreter, training data and an (empty) model folder."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    lines = "".join(f'echo "{name}=${{{name}-<unset>}}" >>"{record}/deepspeed.env"\n' for name in RECORDED_ENV)
+    _write_script(bin_dir / "deepspeed", f'printf "%s\\n" "$@" >"{record}/deepspeed.args"\n' + lines)
+    # the probe prints FAKE_DEVICE ("<kind> <count> <backend> <bf16>") and records how it was started
+    probe = _write_script(tmp_path / "probe-python", f'echo "$* AUTOLOAD=${{TORCH_DEVICE_BACKEND_AUTOLOAD-}}" '
+                                                     f'>>"{record}/probe"\necho "$FAKE_DEVICE"\n')
+    (tmp_path / "train.jsonl").write_text('{"review": "好吃", "label": "积极"}\n', encoding="utf-8")
+    (tmp_path / "model").mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(probe),
+           "HOME": str(tmp_path / "home"), "MODEL": str(tmp_path / "model"), "OUTPUT_DIR": str(tmp_path / "out"),
+           "TRAIN_DATA": str(tmp_path / "train.jsonl"), "FAKE_DEVICE": "npu 8 hccl 1"}
+    for name in (*RECORDED_ENV, "WAIMAI_DEVICE", "NUM_DEVICES", "HOSTFILE", "NODE_RANK", "MASTER_ADDR", "DEMO",
+                 "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
+        env.pop(name, None)
+    return {"env": env, "record": record, "root": tmp_path}
+
+
+def _launch(repo_root: Path, machine: dict, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "ds_run_bf16.sh"], cwd=repo_root, env={**machine["env"], **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def _launcher_args(machine: dict) -> list[str]:
+    """The deepspeed arguments before train.py."""
+    args = (machine["record"] / "deepspeed.args").read_text(encoding="utf-8").splitlines()
+    return args[: args.index("train.py")]
+
+
+def _launcher_env(machine: dict) -> dict:
+    lines = (machine["record"] / "deepspeed.env").read_text(encoding="utf-8").splitlines()
+    return dict(line.split("=", 1) for line in lines)
+
+
+@pytest.mark.parametrize("kind, variable", [("npu", "ASCEND_RT_VISIBLE_DEVICES"), ("cuda", "CUDA_VISIBLE_DEVICES")])
+def test_visible_devices_are_the_devices_deepspeed_uses(repo_root, machine, kind, variable):
+    backend = {"npu": "hccl", "cuda": "nccl"}[kind]
+    result = _launch(repo_root, machine, FAKE_DEVICE=f"{kind} 4 {backend} 1", **{variable: "4,5,6,7"})
+    assert result.returncode == 0, result.stderr
+    args = _launcher_args(machine)
+    assert args[args.index("--include") + 1] == "localhost:4,5,6,7" and "--num_gpus" not in args
+    result = _launch(repo_root, machine, FAKE_DEVICE=f"{kind} 4 {backend} 1", NUM_DEVICES="2", **{variable: "4,5,6,7"})
+    assert result.returncode == 0, result.stderr
+    assert _launcher_args(machine)[-1] == "localhost:4,5"
+
+
+def test_without_visible_devices_all_of_them_are_used(repo_root, machine):
+    assert _launch(repo_root, machine).returncode == 0
+    args = _launcher_args(machine)
+    assert args[args.index("--num_gpus") + 1] == "8" and "--include" not in args
+
+
+def test_a_device_list_deepspeed_cannot_take_is_one_line(repo_root, machine):
+    result = _launch(repo_root, machine, FAKE_DEVICE="cuda 2 nccl 1", CUDA_VISIBLE_DEVICES="GPU-5b1e,GPU-77aa")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: CUDA_VISIBLE_DEVICES=GPU-5b1e,GPU-77aa: expected device numbers such as 4,5,6,7"
+    assert not (machine["record"] / "deepspeed.args").exists()
+
+
+def test_npu_defaults_for_long_loads_and_changing_shapes_can_be_overridden(repo_root, machine):
+    assert _launch(repo_root, machine).returncode == 0
+    env = _launcher_env(machine)
+    assert (env["DS_ACCELERATOR"], env["HCCL_CONNECT_TIMEOUT"], env["HCCL_EXEC_TIMEOUT"]) == ("npu", "1200", "3600")
+    assert env["PYTORCH_NPU_ALLOC_CONF"] == "expandable_segments:True"
+    assert _launch(repo_root, machine, HCCL_EXEC_TIMEOUT="7200", PYTORCH_NPU_ALLOC_CONF="").returncode == 0
+    env = _launcher_env(machine)
+    assert env["HCCL_EXEC_TIMEOUT"] == "7200" and env["PYTORCH_NPU_ALLOC_CONF"] == "expandable_segments:True"
+
+
+def test_cuda_gets_its_allocator_default_and_its_accelerator(repo_root, machine):
+    assert _launch(repo_root, machine, FAKE_DEVICE="cuda 2 nccl 1").returncode == 0
+    env = _launcher_env(machine)
+    assert (env["DS_ACCELERATOR"], env["PYTORCH_CUDA_ALLOC_CONF"]) == ("cuda", "expandable_segments:True")
+    assert env["HCCL_CONNECT_TIMEOUT"] == "<unset>"
+
+
+def test_waimai_device_cpu_pins_deepspeeds_accelerator_to_the_cpu(repo_root, machine):
+    """The real probe: WAIMAI_DEVICE=cpu on any host gives DeepSpeed's CPU accelerator, never HCCL beside gloo."""
+    result = _launch(repo_root, machine, PYTHON=sys.executable, WAIMAI_DEVICE="cpu", NUM_DEVICES="2")
+    assert result.returncode == 0, result.stderr
+    assert _launcher_env(machine)["DS_ACCELERATOR"] == "cpu"
+    args = _launcher_args(machine)
+    assert args[args.index("--num_gpus") + 1] == "2"
+
+
+@pytest.mark.parametrize("layout", ["cann-8.5-user", "home-path", "toolkit-home"])
+def test_cann_is_found_where_each_release_installs_it_and_sourced_safely(repo_root, machine, layout):
+    """CANN's set_env.sh reads unset variables and runs failing commands; the launcher's options survive it."""
+    root = machine["root"]
+    folder = {"cann-8.5-user": root / "home" / "Ascend" / "cann", "home-path": root / "cann-8.5.0",
+              "toolkit-home": root / "ascend-toolkit" / "latest"}[layout]
+    folder.mkdir(parents=True)
+    (folder / "set_env.sh").write_text('export FAKE_CANN="$SOME_UNSET_VARIABLE"sourced\nfalse\nfalse | true\n',
+                                       encoding="utf-8")
+    extra = {"home-path": {"ASCEND_HOME_PATH": str(folder)}, "toolkit-home": {"ASCEND_TOOLKIT_HOME": str(folder)}}
+    result = _launch(repo_root, machine, **extra.get(layout, {}))
+    assert result.returncode == 0, result.stderr
+    assert _launcher_env(machine)["FAKE_CANN"] == "sourced"
+    script = 'set -euo pipefail; source tuning/runtime/launch.sh; waimai_setup_device; echo "$-" "$(set -o | grep pipefail)"'
+    shown = subprocess.run(["bash", "-c", script], cwd=repo_root, env={**machine["env"], **extra.get(layout, {})},
+                           capture_output=True, text=True, timeout=60)
+    flags, _, pipefail = shown.stdout.split()
+    assert "e" in flags and "u" in flags and pipefail == "on"
+
+
+def test_the_probe_runs_without_torchs_backend_autoload(repo_root, machine):
+    assert _launch(repo_root, machine).returncode == 0
+    assert (machine["record"] / "probe").read_text(encoding="utf-8").strip() == "-m tuning.runtime.devices AUTOLOAD=0"
+
+
+def test_torch_npu_without_cann_is_one_line_although_import_torch_would_raise(repo_root, machine, tmp_path):
+    """torch >= 2.5 imports torch_npu on `import torch` (entry point `torch.backends`); with CANN missing that raises."""
+    site = tmp_path / "site"
+    (site / "torch_npu").mkdir(parents=True)
+    (site / "torch_npu" / "__init__.py").write_text(
+        "raise ImportError('libascendcl.so: cannot open shared object file')\n", encoding="utf-8")
+    (site / "torch_npu-2.13.0.dist-info").mkdir()
+    (site / "torch_npu-2.13.0.dist-info" / "METADATA").write_text("Name: torch_npu\nVersion: 2.13.0\n")
+    (site / "torch_npu-2.13.0.dist-info" / "entry_points.txt").write_text(
+        "[torch.backends]\ntorch_npu = torch_npu:_autoload\n", encoding="utf-8")
+    env = {**machine["env"], "PYTHONPATH": str(site)}
+    plain = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=60)
+    assert plain.returncode != 0 and "Failed to load the backend extension: torch_npu" in plain.stderr
+    result = _launch(repo_root, machine, PYTHONPATH=str(site), PYTHON=sys.executable)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: torch_npu is installed but failed to load (libascendcl.so: cannot open shared object file); "
+        "source CANN's set_env.sh (e.g. /usr/local/Ascend/cann/set_env.sh) or install the torch_npu that matches torch"
+    ]
+
+
+def test_a_mistyped_model_is_an_error_not_the_demo(repo_root, machine):
+    missing = machine["root"] / "Baichuan2-7b-Bsae"
+    result = _launch(repo_root, machine, MODEL=str(missing))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: MODEL={missing}: no such model folder (unset MODEL to run the tiny demo)"
+    assert "tiny demo instead" not in result.stdout and not (machine["record"] / "deepspeed.args").exists()
+
+
+def test_machines_without_passwordless_ssh_launch_with_their_node_rank(repo_root, machine):
+    hostfile = machine["root"] / "hostfile"
+    hostfile.write_text("nodeA slots=8\nnodeB slots=8\n", encoding="utf-8")
+    result = _launch(repo_root, machine, HOSTFILE=str(hostfile), NODE_RANK="1", MASTER_ADDR="10.0.0.1")
+    assert result.returncode == 0, result.stderr
+    args = _launcher_args(machine)
+    assert args[args.index("--hostfile") + 1] == str(hostfile) and "--no_ssh" in args
+    assert args[args.index("--node_rank") + 1] == "1" and args[args.index("--master_addr") + 1] == "10.0.0.1"
+    result = _launch(repo_root, machine, HOSTFILE=str(hostfile), NODE_RANK="1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: NODE_RANK=1 needs MASTER_ADDR, the address of the machine with NODE_RANK=0"
+
+
+def test_other_nodes_wait_for_node_0s_demo_base_and_stop_when_it_never_comes(repo_root, machine):
+    base = machine["root"] / "demo-base"
+    hostfile = machine["root"] / "hostfile"
+    hostfile.write_text("nodeA slots=1\nnodeB slots=1\n", encoding="utf-8")
+    result = _launch(repo_root, machine, DEMO="1", DEMO_BASE_MODEL=str(base), HOSTFILE=str(hostfile), NODE_RANK="1",
+                     MASTER_ADDR="127.0.0.1", WAIMAI_DEMO_BASE_WAIT_S="2")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: no demo base model at {base} after 2 s: node 0 builds it there, so DEMO_BASE_MODEL must be on a file "
+        "system shared by all machines")
+    assert not base.exists()
+
+
+def test_device_check_on_a_machine_without_an_accelerator_stops_before_anything_runs(repo_root):
+    from tuning.runtime.devices import detect_device
+
+    if detect_device().kind != "cpu":
+        pytest.skip("this machine has an accelerator: tools/device_check.sh would run the whole check")
+    env = {**os.environ, "PYTHON": sys.executable, "WAIMAI_DEVICE": "cpu"}
+    before = set((repo_root / "output").glob("device_check/*"))
+    result = subprocess.run(["bash", "tools/device_check.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2  # the pinned set passed the version check; the device did not
+    assert result.stderr.strip() == "error: no NPU or GPU found (torch sees only the CPU); this check needs one"
+    assert set((repo_root / "output").glob("device_check/*")) == before
