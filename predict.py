@@ -16,7 +16,7 @@ from tuning.eval.predicting import (
 )
 from tuning.model.baichuan import check_model_dir
 from tuning.runtime.cli import HelpFormatter, whole_number
-from tuning.runtime.devices import detect_device, inference_dtype, prepare_device
+from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.paths import REPO_ROOT
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
         reviews = read_stdin(stdin)
     device = detect_device()
     prepare_device(device)
-    dtype = inference_dtype(device, want_bf16=not args.fp32)
+    dtype = compute_dtype(device, want_bf16=not args.fp32)
     classifier = Classifier.load(model_dir, device, dtype, args.batch_size)
     shown = model_dir.relative_to(Path.cwd()) if model_dir.is_relative_to(Path.cwd()) else model_dir
     print(f"model {shown} ({device.kind}, {str(dtype).removeprefix('torch.')}), label words "

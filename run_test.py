@@ -11,7 +11,7 @@ from tuning.eval.evaluate import PROMPT_DEFAULTS, EvalSettings, evaluate_model, 
 from tuning.eval.report import examples_table, prompt_line, results_payload, summary_table, write_outputs
 from tuning.model.baichuan import check_model_dir
 from tuning.runtime.cli import HelpFormatter, whole_number
-from tuning.runtime.devices import detect_device, inference_dtype, prepare_device
+from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import read_jsonl
 from tuning.runtime.paths import REPO_ROOT
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
     check_output_folder(output_dir)
     device = detect_device()
     prepare_device(device)
-    dtype = inference_dtype(device, want_bf16=not args.fp32)
+    dtype = compute_dtype(device, want_bf16=not args.fp32)
     dtype_name = str(dtype).removeprefix("torch.")
     settings = EvalSettings(args.batch_size, args.max_new_tokens, args.max_samples, **prompt)
     console.print("prompt settings: " + prompt_line(prompt, sources, run_config), markup=False, soft_wrap=True)

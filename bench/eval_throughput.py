@@ -33,8 +33,8 @@ from tuning.eval.predicting import Classifier, read_input_file, write_prediction
 from tuning.eval.scoring import label_log_probs
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.devices import (
+    compute_dtype,
     detect_device,
-    inference_dtype,
     prepare_device,
     timed,
 )
@@ -66,7 +66,7 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     model_dir = tuned_model_dir(args.model)
     device = detect_device()
     prepare_device(device)
-    dtype = inference_dtype(device, want_bf16=not args.fp32)
+    dtype = compute_dtype(device, want_bf16=not args.fp32)
     for line in header_lines(device, dtype):
         print(line, flush=True)
     # The prompts the model was trained with (its run_config.json), as run_test.py uses them.

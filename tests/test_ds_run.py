@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_models import expected_precision
 
 from run_test import main as run_test_main
 from tuning.model.baichuan import load_model
@@ -50,12 +51,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def _expected_precision() -> str:
-    """What the demo trains in on this machine's device (bf16 where native; fp16 on older GPUs; fp32 on the CPU)."""
-    device = detect_device()
-    return "bf16" if device.bf16 else "fp32" if device.kind == "cpu" else "fp16"
 
 
 def _env(tmp_path: Path, data_dir: Path, **overrides) -> dict:
@@ -128,9 +123,9 @@ def demo_run(repo_root, data_dir, tmp_path_factory) -> dict:
 def test_demo_run_interrupted_then_continued(demo_run):
     output_dir, interrupted_at, first_log = demo_run["output_dir"], demo_run["interrupted_at"], demo_run["first_log"]
     assert "running the tiny demo" in first_log and "built tiny base model" in first_log
-    device, precision = detect_device(), _expected_precision()
-    if device.kind == "cpu" and precision == "fp32":
-        assert "training in fp32" in first_log  # this CPU has no native bf16
+    device, precision = detect_device(), expected_precision()
+    if device.kind == "cpu":
+        assert "training in fp32" in first_log
     step = int(interrupted_at.name.split("-")[1])
     assert 10 <= step < 50
     assert f"resuming from {interrupted_at}" in demo_run["second"].stdout

@@ -91,11 +91,12 @@ def _values(**overrides) -> dict:
                 optim="adamw_torch_fused") | overrides
 
 
-def test_cpu_without_bf16_trains_in_fp32_and_says_so(monkeypatch):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_the_cpu_trains_in_fp32_with_or_without_bf16_instructions_and_says_so(monkeypatch, native_bf16):
     monkeypatch.delenv(FORCE_CPU_BF16, raising=False)
     values = _values(tf32=True)
-    notes = adapt_to_device(values, "cpu", native_bf16=False)
-    assert (values["bf16"], values["use_cpu"], values["tf32"]) == (False, True, None)
+    notes = adapt_to_device(values, "cpu", native_bf16=native_bf16)
+    assert (values["bf16"], values["fp16"], values["use_cpu"], values["tf32"]) == (False, False, True, None)
     assert any("training in fp32" in text for text in notes)
     assert any("--tf32 applies to NVIDIA GPUs only" in text for text in notes)
 

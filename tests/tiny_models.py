@@ -4,6 +4,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tuning.model.baichuan import BaichuanForCausalLM, tiny_config
+from tuning.runtime.devices import detect_device
 
 VOCAB_SIZE = 97
 MODEL_KINDS = ("llama", "baichuan")
@@ -42,3 +43,9 @@ def build_model(kind: str, seed: int = 0):
 # given, no gradient checkpointing, evaluation as --eval_strategy says.
 ONE_PROCESS_FLAGS = ["--deepspeed", "", "--global_batch_size", "0", "--gradient_checkpointing", "false",
                      "--eval_points_per_epoch", "0"]
+
+
+def expected_precision() -> str:
+    """What a bf16 recipe trains in on this machine's device: fp32 on the CPU, fp16 on GPUs without bf16."""
+    device = detect_device()
+    return "fp32" if device.kind == "cpu" else "bf16" if device.bf16 else "fp16"

@@ -2,9 +2,11 @@
 
 The original recipe patched transformers' training_args.py so that its bf16/fp16 checks accepted the NPU.
 transformers 5.24 detects NPU bf16 itself; what is still needed here:
-- bf16 on a device without native bf16: on an accelerator (V100, T4) training switches to fp16 with DeepSpeed's
-  dynamic loss scaling, with a note; on the CPU it falls back to fp32 with a note (emulated bf16 is ~60x slower
-  there); `WAIMAI_CPU_BF16=1` keeps bf16 on the CPU anyway;
+- bf16 on an accelerator without native bf16 (V100, T4): training switches to fp16 with DeepSpeed's dynamic loss
+  scaling, with a note;
+- bf16 on the CPU: training runs in fp32, with a note, on every CPU (emulated bf16 is ~60x slower where there are
+  no bf16 instructions, and one precision keeps CPU runs comparable between machines, as predict.py and run_test.py
+  also score in fp32 there); `WAIMAI_CPU_BF16=1` keeps bf16 on the CPU anyway;
 - torch's fused AdamW (`adamw_torch_fused`, the recipe's optimizer) is torch_npu's fused AdamW on the NPU;
 - `--tf32` exists on NVIDIA GPUs only: elsewhere it is dropped with a note instead of stopping the run;
 - the CPU: `use_cpu` (transformers then accepts bf16 there) and, for DeepSpeed, a gloo process group, which
@@ -29,17 +31,18 @@ def adapt_to_device(values: dict, device_kind: str, native_bf16: bool) -> list[s
     notes = []
     if values.get("fp16") and values.get("bf16"):
         raise ValueError("--fp16 and --bf16 exclude each other")
-    if values.get("bf16") and not native_bf16:
-        if device_kind != "cpu":
-            values["bf16"], values["fp16"] = False, True
-            notes.append(f"this {device_kind} device has no native bf16: training in fp16 with loss scaling "
-                         "(BF16=false FP16=true bash ds_run_bf16.sh says so yourself)")
-        elif os.environ.get(FORCE_CPU_BF16) == "1":
-            notes.append(f"{FORCE_CPU_BF16}=1: bf16 on a CPU without native bf16 is emulated and very slow")
+    if values.get("bf16") and device_kind == "cpu":
+        if os.environ.get(FORCE_CPU_BF16) == "1":
+            if not native_bf16:
+                notes.append(f"{FORCE_CPU_BF16}=1: bf16 on a CPU without native bf16 is emulated and very slow")
         else:
             values["bf16"] = False
-            notes.append(f"this CPU has no native bf16 (emulated bf16 is ~60x slower): training in fp32; "
-                         f"{FORCE_CPU_BF16}=1 forces bf16")
+            notes.append("on the CPU: training in fp32 (emulated bf16 is ~60x slower on CPUs without bf16 "
+                         f"instructions, and fp32 keeps CPU runs comparable); {FORCE_CPU_BF16}=1 forces bf16")
+    elif values.get("bf16") and not native_bf16:
+        values["bf16"], values["fp16"] = False, True
+        notes.append(f"this {device_kind} device has no native bf16: training in fp16 with loss scaling "
+                     "(BF16=false FP16=true bash ds_run_bf16.sh says so yourself)")
     if device_kind == "npu" and values.get("optim") == "adamw_torch_fused":
         values["optim"] = "adamw_torch_npu_fused"
     if values.get("tf32") and device_kind != "cuda":

@@ -26,7 +26,7 @@ from tuning.eval.metrics import classification_metrics
 from tuning.eval.predicting import Classifier
 from tuning.eval.scoring import label_log_probs
 from tuning.model.baichuan import load_tokenizer
-from tuning.runtime.devices import Device, detect_device, inference_dtype
+from tuning.runtime.devices import Device, compute_dtype, detect_device
 from tuning.runtime.fileio import read_jsonl, write_jsonl
 from tuning.runtime.paths import REPO_ROOT
 from tuning.train.run import main as train_main
@@ -157,9 +157,9 @@ def test_the_default_model_is_the_latest_tuned_run(trained, tmp_path, monkeypatc
 
 
 def test_the_cpu_computes_in_fp32_even_with_native_bf16(trained, tmp_path, monkeypatch, capsys):
-    assert inference_dtype(Device("cpu", 1, bf16=True)) == torch.float32
-    assert inference_dtype(Device("cuda", 1, bf16=True)) == torch.bfloat16
-    assert inference_dtype(Device("cuda", 1, bf16=True), want_bf16=False) == torch.float32
+    assert compute_dtype(Device("cpu", 1, bf16=True), want_bf16=True) == torch.float32
+    assert compute_dtype(Device("cuda", 1, bf16=True), want_bf16=True) == torch.bfloat16
+    assert compute_dtype(Device("cuda", 1, bf16=True), want_bf16=False) == torch.float32
     bf16_cpu = Device("cpu", 1, bf16=True)
     monkeypatch.setattr(predict, "detect_device", lambda: bf16_cpu)
     code, _, err = predict_main(["--model", str(trained["run"]), "好吃"], monkeypatch, capsys)

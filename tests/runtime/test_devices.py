@@ -90,6 +90,7 @@ def test_a_broken_torch_npu_install_is_one_line_not_a_traceback(tmp_path, monkey
 def test_backends_and_dtypes_follow_the_device():
     assert [Device(kind, 1, True).backend for kind in ("npu", "cuda", "cpu")] == ["hccl", "nccl", "gloo"]
     assert compute_dtype(Device("cpu", 1, False), want_bf16=True) == torch.float32
+    assert compute_dtype(Device("cpu", 1, True), want_bf16=True) == torch.float32  # AVX512-BF16/AMX CPUs too
     assert compute_dtype(Device("npu", 8, True), want_bf16=True) == torch.bfloat16
     assert compute_dtype(Device("npu", 8, True), want_bf16=False) == torch.float32
 

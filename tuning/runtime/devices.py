@@ -131,15 +131,16 @@ def prepare_device(device: Device, local_rank: int = 0) -> None:
 
 
 def compute_dtype(device: Device, want_bf16: bool, want_fp16: bool = False) -> torch.dtype:
-    """bf16 where asked and native; fp16 where asked (with loss scaling, for cards without bf16); fp32 otherwise."""
+    """bf16 where asked and native, fp16 where asked (cards without bf16), else fp32; the CPU always computes in fp32.
+
+    On the CPU bf16 is emulated (~60x slower) without bf16 instructions and ties the untuned model's label scores,
+    so every CPU computes in fp32 and CPU results compare between machines.
+    """
+    if device.kind == "cpu":
+        return torch.float32
     if want_bf16 and device.bf16:
         return torch.bfloat16
-    return torch.float16 if want_fp16 and device.kind != "cpu" else torch.float32
-
-
-def inference_dtype(device: Device, want_bf16: bool = True) -> torch.dtype:
-    """Label scoring and generation: bf16 on an accelerator that has it, fp32 on any CPU (bf16 ties label scores)."""
-    return compute_dtype(device, want_bf16 and device.kind != "cpu")
+    return torch.float16 if want_fp16 else torch.float32
 
 
 def reset_peak_memory(device: Device) -> None:

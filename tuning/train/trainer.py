@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import DistributedType
 from transformers import Trainer
 
 from transformers_modify.step_metrics import StepMetricsCallback
@@ -50,7 +51,8 @@ class LabelAccuracy:
 
 class WaimaiTrainer(Trainer):
     """`Trainer` plus: the model's `logits_at_labels_only` forward, token counts of the training batches,
-    label-scoring metrics added to every evaluation, and the step metrics merged into the training logs."""
+    label-scoring metrics added to every evaluation, the step metrics merged into the training logs, and no host
+    synchronisation for the gradient norm between logging steps."""
 
     def __init__(
         self,
@@ -78,6 +80,15 @@ class WaimaiTrainer(Trainer):
         if self.logits_at_labels_only:
             inputs = {**inputs, "logits_at_labels_only": True}
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        """DeepSpeed's gradient norm stays a device tensor: the log reads it, only at logging steps.
+
+        transformers reads it with `.item()` at every optimizer step under DeepSpeed, which waits for the device.
+        """
+        if grad_norm is not None and self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return grad_norm
+        return super()._get_grad_norm(model, grad_norm)
 
     def evaluation_loop(
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
