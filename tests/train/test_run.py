@@ -132,7 +132,8 @@ def test_help_is_written_for_a_new_user(capsys):
 
 
 def test_output_dir_of_another_run_is_refused(tiny_base, data_dir, tmp_path):
-    identity = run_identity(tiny_base, _recipe(_flags(tiny_base, data_dir, tmp_path / "out")).data)
+    recipe = _recipe(_flags(tiny_base, data_dir, tmp_path / "out"))
+    identity = run_identity(tiny_base, recipe.data, recipe.lora)
     output_dir = tmp_path / "out"
     check_output_dir(output_dir, identity)  # absent: fine
     output_dir.mkdir()
