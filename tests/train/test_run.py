@@ -114,8 +114,9 @@ def test_the_original_flags_are_accepted(tiny_base, data_dir, tmp_path, capsys):
     assert recipe.data.model_max_length == 512 and recipe.data.padding == "dynamic"
     args = setup_training_arguments(recipe, detect_device(), train_samples=100)
     assert args.warmup_steps == 0.03 and args.activation_checkpointing is True
-    assert args.bf16 is False and args.tf32 is None  # this CPU has no native bf16; tf32 is for NVIDIA GPUs
-    assert "training in fp32" in capsys.readouterr().err
+    assert args.bf16 is detect_device().bf16 and args.tf32 is None  # bf16 where native; tf32 is for NVIDIA GPUs
+    if not args.bf16:
+        assert "training in fp32" in capsys.readouterr().err
     assert args.resume_from_checkpoint == "auto" and args.label_names == ["labels"] and args.prediction_loss_only
     assert (args.eval_strategy, args.save_strategy) == ("epoch", "epoch")
     with pytest.raises(DataError, match="--warmup_ratio"):
@@ -213,8 +214,11 @@ def test_training_writes_model_reports_and_rerunning_resumes(tiny_base, data_dir
                    "--save_steps", "2", "--learning_rate", "1e-3", "--report_to", "tensorboard",
                    "--logging_steps", "1")
     assert main(flags) == 0
+    precision = "bf16" if detect_device().bf16 else "fp32"  # the recipe's bf16 where the CPU has it natively
     summary = json.loads((output_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
-    assert summary["global_step"] == 3 and summary["precision"] == "fp32" and summary["processes"] == 1
+    assert summary["global_step"] == 3 and summary["precision"] == precision and summary["processes"] == 1
+    parameters = load_model(output_dir).num_parameters()
+    assert summary["trainable_parameters"] == summary["total_parameters"] == parameters  # full fine-tuning
     assert summary["padding"] == "max_length" and summary["logits_at_labels_only"] is False
     assert summary["padding_share"] > 0.5  # short reviews padded to 96 tokens, as the original did
     assert 0 <= summary["eval_accuracy"] <= 1 and summary["eval_loss"] > 0 and summary["tokens_per_second"] > 0
@@ -224,7 +228,7 @@ def test_training_writes_model_reports_and_rerunning_resumes(tiny_base, data_dir
     assert load_model(output_dir).config.use_cache is True
     assert latest_complete_checkpoint(output_dir).name == "checkpoint-3"
     manifest = json.loads((output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    assert (manifest["world_size"], manifest["zero_stage"], manifest["precision"]) == (1, None, "fp32")
+    assert (manifest["world_size"], manifest["zero_stage"], manifest["precision"]) == (1, None, precision)
 
     capsys.readouterr()
     assert main(flags) == 0  # the same command again: already done, nothing is trained or rewritten
