@@ -86,7 +86,9 @@ class DataArguments:
         return self.padding == "dynamic" if self.logits_at_labels_only is None else self.logits_at_labels_only
 
 
-DEFAULT_LORA_TARGET = "W_pack,o_proj,gate_proj,up_proj,down_proj"
+# Baichuan2's linear layers, each in every decoder layer (lm_head is a NormHead: its rows are normalised, so an
+# adapter there could not be merged into it).
+LORA_LAYERS = ("W_pack", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -116,11 +118,11 @@ class LoraArguments:
                           "10,000 short reviews."},
     )
     lora_target: str = field(
-        default=DEFAULT_LORA_TARGET,
+        default=",".join(LORA_LAYERS),
         metadata={"help": "Comma-separated names of the linear layers that get an adapter. Default: every attention "
                           "and MLP projection of each decoder layer (the QLoRA paper found adapters on every linear "
                           "layer needed to match full fine-tuning) rather than the official script's W_pack only, for "
-                          "4.3x its adapter parameters (still 0.24%% of the 7B). lm_head (a NormHead) cannot take one."},
+                          "4.3x its adapter parameters (still 0.24%% of the 7B)."},
     )
 
     def __post_init__(self):
@@ -129,8 +131,10 @@ class LoraArguments:
         if not 0 <= self.lora_dropout < 1:
             raise DataError(f"--lora_dropout {self.lora_dropout}: give a fraction in [0, 1)")
         names = self.target_modules()
-        if not names or len(set(names)) != len(names):
-            raise DataError(f"--lora_target {self.lora_target!r}: give different, non-empty layer names")
+        unknown = [name for name in names if name not in LORA_LAYERS]
+        if unknown or len(set(names)) != len(names):
+            raise DataError(f"--lora_target {self.lora_target!r}: give different names of Baichuan2's linear layers "
+                            f"({', '.join(LORA_LAYERS)})")
 
     def target_modules(self) -> list[str]:
         return [name.strip() for name in self.lora_target.split(",")]
