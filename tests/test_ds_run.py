@@ -1,7 +1,7 @@
 """ds_run_bf16.sh end to end on the CPU: the real DeepSpeed launcher, 2 gloo processes, the tiny demo model.
 
 - ZeRO-2 (the default config), interrupted after a checkpoint and run again: it continues to the end. This is
-  the file's one training run: run_test.py then compares that base/tuned pair, as a user would next;
+  the file's one full training run: run_test.py then compares that base/tuned pair, as a user would next;
 - LoRA (USE_LORA=true): the demo's adapter trained under ZeRO-2, continued from a checkpoint in a second folder, and
   its merged model compared with the base by `USE_LORA=true bash run_test.sh`;
 - ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps;
