@@ -4,7 +4,7 @@
   the file's one full training run: run_test.py then compares that base/tuned pair, as a user would next;
 - LoRA (USE_LORA=true): the demo's adapter trained under ZeRO-2, continued from a checkpoint in a second folder, and
   its merged model compared with the base by `USE_LORA=true bash run_test.sh`;
-- ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps;
+- ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps; LoRA under ZeRO-3;
 - an error in train.py is the launcher's exit status; tuning/runtime/launch.sh: model selection (also with
   USE_LORA) and the CANN check;
 - two machines simulated on this one (hostfile `nodeA slots=1`, `nodeB slots=1`, NODE_RANK 0 and 1, no ssh): with a
@@ -268,6 +268,22 @@ def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_di
     weights = load_file(output_dir / "model.safetensors")  # ZeRO-3 gathered the full 16-bit weights to save them
     assert weights["lm_head.weight"].dtype == torch.bfloat16 and weights["lm_head.weight"].shape[0] > 1000
     assert load_model(output_dir).lm_head.weight.dtype == torch.float32
+
+
+def test_lora_under_zero3_gathers_the_partitioned_adapter_and_merges_it(repo_root, data_dir, prebuilt_base, tmp_path):
+    env = _env(tmp_path, data_dir, USE_LORA="true", DS_CONFIG="ds_config_zero3.json", DEMO_BASE_MODEL=str(prebuilt_base))
+    result = _run(repo_root, env, "--max_steps", "3", "--max_eval_samples", "20", "--save_strategy", "no",
+                  "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output_dir = tmp_path / "tuned"
+    manifest = json.loads((output_dir / "run_manifest.json").read_text(encoding="utf-8"))
+    summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
+    adapter = load_file(output_dir / "adapter" / "adapter_model.safetensors")
+    assert manifest["zero_stage"] == 3 and summary["global_step"] == 3
+    assert summary["trainable_parameters"] == sum(tensor.numel() for tensor in adapter.values())  # whole, not shards
+    assert any(tensor.abs().sum() > 0 for name, tensor in adapter.items() if "lora_B" in name)  # B starts at zero
+    merged, base = load_model(output_dir), load_model(prebuilt_base)
+    assert any(not torch.equal(weight, base.state_dict()[name]) for name, weight in merged.state_dict().items())
 
 
 def test_one_process_trains_the_same_steps_with_the_same_global_batch(repo_root, data_dir, prebuilt_base,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
+from transformers.integrations import unset_hf_deepspeed_config
 
 from transformers_modify.step_metrics import StepMetricsCallback, peak_bf16_flops, training_flops_per_token
 from transformers_modify.training_args import adapt_to_device
@@ -308,6 +309,7 @@ def train(recipe: Recipe, started: float) -> int:
     summary = run_summary(trainer, result.metrics, identity["model"], device, recipe, train_split, eval_split, resume)
     if trainer.is_world_process_zero():
         if recipe.lora.use_lora:  # after the last collective: the other processes need not wait for it
+            unset_hf_deepspeed_config()  # else under ZeRO-3 the base would load partitioned over the processes
             save_merged_model(model_dir, adapter_dir, output_dir)
         summary |= {"wall_time_s": time.perf_counter() - started} | {key: eval_metrics.get(key) for key in EVAL_KEYS}
         write_json(output_dir / SUMMARY_NAME, summary)
