@@ -165,7 +165,8 @@ def test_the_merged_folder_loads_as_remote_code(lora_run, tmp_path):
         f"tokenizer = AutoTokenizer.from_pretrained({str(run)!r}, trust_remote_code=True)\n"
         f"expected = load_file({str(tmp_path / 'expected.safetensors')!r})\n"
         "assert 'tuning' not in sys.modules and type(model).__module__.startswith('transformers_modules')\n"
-        f"assert tokenizer.encode({REVIEWS[0]!r}) == expected['input_ids'][0][expected['attention_mask'][0] == 1].tolist()\n"
+        "ids = expected['input_ids'][0][expected['attention_mask'][0] == 1].tolist()\n"
+        f"assert tokenizer.encode({REVIEWS[0]!r}) == ids\n"
         "with torch.no_grad():\n"
         "    logits = model(input_ids=expected['input_ids'], attention_mask=expected['attention_mask']).logits\n"
         "torch.testing.assert_close(logits, expected['logits'], rtol=1e-5, atol=1e-5); print(type(model).__name__)\n"
@@ -237,6 +238,10 @@ def test_an_adapter_only_checkpoint_is_complete_and_can_be_merged(lora_run, tiny
     assert capsys.readouterr().err == f"error: --output_dir {merged} already holds a model; choose another folder\n"
     (run / "checkpoint-2" / "adapter_model.safetensors").unlink()  # as if the save had stopped half-way
     assert latest_complete_checkpoint(run) is None
+    assert lora_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
+                      "--output_dir", str(tmp_path / "other")]) == 2
+    assert capsys.readouterr().err == (f"error: {run / 'checkpoint-2'}: not a LoRA adapter folder (no "
+                                       "adapter_model.safetensors or adapter_model.bin)\n")
 
 
 @pytest.mark.parametrize("change, message", [

@@ -48,7 +48,7 @@ def add_lora(model: PreTrainedModel, lora: LoraArguments, gradient_checkpointing
         peft_model = get_peft_model(model, config)
     for parameter in peft_model.parameters():
         if parameter.requires_grad:
-            parameter.data = parameter.data.float()  # bf16 would round away most of an update of ~1e-4
+            parameter.data = parameter.data.float()  # in bf16 an update below 1/256 of a weight would be lost
     if gradient_checkpointing:
         # The embeddings are frozen: their output must require grad for gradients to reach checkpointed layers.
         peft_model.enable_input_require_grads()
@@ -113,11 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         "train.py does this itself at its end; use this for one of its checkpoint-N folders.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--base_model", type=Path, required=True, help="the base model folder the adapter was trained on")
+    parser.add_argument("--base_model", type=Path, required=True,
+                        help="the base model folder the adapter was trained on")
     parser.add_argument("--adapter", type=Path, required=True,
                         help="a folder with adapter_config.json and adapter_model.safetensors (a LoRA run's "
                              "adapter/ or checkpoint-N)")
-    parser.add_argument("--output_dir", type=Path, required=True, help="where the merged model goes (no model there yet)")
+    parser.add_argument("--output_dir", type=Path, required=True,
+                        help="where the merged model goes (no model there yet)")
     args = parser.parse_args(argv)
 
     def merge() -> int:
