@@ -34,6 +34,7 @@ from tuning.runtime.devices import (
 )
 from tuning.runtime.distributed import (
     decided_by_main,
+    leave_process_group,
     local_rank,
     max_over_processes,
     note,
@@ -307,6 +308,7 @@ def train(recipe: Recipe, started: float) -> int:
     trainer.save_state()
 
     summary = run_summary(trainer, result.metrics, identity["model"], device, recipe, train_split, eval_split, resume)
+    leave_process_group()
     if trainer.is_world_process_zero():
         if recipe.lora.use_lora:  # after the last collective: the other processes need not wait for it
             unset_hf_deepspeed_config()  # else under ZeRO-3 the base would load partitioned over the processes
