@@ -4,7 +4,7 @@ Files train.py writes in OUTPUT_DIR:
 - run_manifest.json: what makes two runs the same run (model, data, encoding); a folder holding another run is
   refused, and a re-run of the same run continues from its latest complete checkpoint. It also records the run's
   shape (processes, ZeRO stage, precision): DeepSpeed's checkpoints resume only with the same shape;
-- run_config.json: every setting's final value (`{"recipe", "model", "data", "training"}`); run_test.py and
+- run_config.json: every setting's final value (`{"recipe", "model", "data", "lora", "training"}`); run_test.py and
   predict.py read the prompt settings from it;
 - train_summary.json, training_curves.png, checkpoint-N/ folders and the final model. A LoRA run's checkpoints
   hold the adapter (adapter_config.json, adapter_model.safetensors); its final model is the merged one, with the
