@@ -13,18 +13,24 @@
 #                                                  # run it on every machine, each with its NODE_RANK (0 = MASTER_ADDR)
 #   ASCEND_RT_VISIBLE_DEVICES=4,5,6,7 bash ds_run_bf16.sh   # only these NPUs (CUDA_VISIBLE_DEVICES on GPUs)
 #   BF16=false FP16=true bash ds_run_bf16.sh       # GPUs without bf16 (V100, T4): fp16 with loss scaling (automatic)
+#   USE_LORA=true bash ds_run_bf16.sh              # LoRA on one device (configs/baichuan2_7b_lora.yaml, lr 1e-4)
+#   USE_LORA=true NUM_DEVICES=8 DS_CONFIG=ds_config_bf16.json bash ds_run_bf16.sh   # LoRA with ZeRO-2 on 8 devices
 #
 # Without a model folder at the default MODEL (models/Baichuan2-7B-Base), or with DEMO=1, it runs the tiny demo
-# instead (configs/tiny_demo.yaml); a MODEL you set that does not exist is an error. OUTPUT_DIR must be one file
+# instead (configs/tiny_demo.yaml); a MODEL you set that does not exist is an error. USE_LORA=true trains a LoRA
+# adapter instead of every weight (docs/lora.md): the recipe configs/baichuan2_7b_lora.yaml (demo:
+# configs/tiny_demo_lora.yaml), one device unless NUM_DEVICES says otherwise (the demo: 2 processes, ZeRO-2), and
+# output folders ending in -lora; the run ends with the merged model there. OUTPUT_DIR must be one file
 # system shared by all machines (checked at start). Re-running the same command continues from the latest complete
 # checkpoint. Relative paths are relative to the repository. The output is also written to
 # OUTPUT_DIR/train_<time>.log.
 # Variables: MODEL, OUTPUT_DIR, DEMO_BASE_MODEL, DEMO_OUTPUT_DIR, CONFIG, DS_CONFIG, TRAIN_DATA, EVAL_DATA,
-# NUM_DEVICES, HOSTFILE, NODE_RANK, MASTER_ADDR, MASTER_PORT, DEMO; overrides of the recipe: LR, EPOCHS, BATCH_SIZE
-# (largest per device), GLOBAL_BATCH_SIZE, GRAD_ACCUM (with GLOBAL_BATCH_SIZE=0), MAX_LENGTH, GRADIENT_CHECKPOINTING,
-# EVAL_BATCH_SIZE, LOGGING_STEPS, WARMUP_RATIO, WEIGHT_DECAY, LR_SCHEDULER, PADDING, SAVE_STRATEGY, EVAL_STRATEGY,
-# BF16, FP16, TF32, SEED. Device variables: WAIMAI_DEVICE (npu|cuda|cpu), ASCEND_RT_VISIBLE_DEVICES /
-# CUDA_VISIBLE_DEVICES, HCCL_CONNECT_TIMEOUT, HCCL_EXEC_TIMEOUT, PYTORCH_NPU_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF.
+# NUM_DEVICES, HOSTFILE, NODE_RANK, MASTER_ADDR, MASTER_PORT, DEMO, USE_LORA; overrides of the recipe: LR, EPOCHS,
+# BATCH_SIZE (largest per device), GLOBAL_BATCH_SIZE, GRAD_ACCUM (with GLOBAL_BATCH_SIZE=0), MAX_LENGTH,
+# GRADIENT_CHECKPOINTING, EVAL_BATCH_SIZE, LOGGING_STEPS, WARMUP_RATIO, WEIGHT_DECAY, LR_SCHEDULER, PADDING,
+# SAVE_STRATEGY, EVAL_STRATEGY, BF16, FP16, TF32, SEED, LORA_RANK, LORA_ALPHA, LORA_DROPOUT, LORA_TARGET. Device
+# variables: WAIMAI_DEVICE (npu|cuda|cpu), ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES, HCCL_CONNECT_TIMEOUT,
+# HCCL_EXEC_TIMEOUT, PYTORCH_NPU_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF.
 set -euo pipefail
 cd "$(dirname "$0")"
 source tuning/runtime/launch.sh
@@ -42,8 +48,10 @@ if [ ! -f "$TRAIN_DATA" ]; then
     echo "error: ${TRAIN_DATA}: file not found; make it with \`python make_data.py --download\`" >&2
     exit 2
 fi
+lora_suffix=""
+if [ "$LORA" = 1 ]; then lora_suffix="_lora"; fi
 if [ "$DEMO" = 1 ]; then
-    : "${CONFIG:=configs/tiny_demo.yaml}"
+    : "${CONFIG:=configs/tiny_demo${lora_suffix}.yaml}"
     # The demo's settings were measured with 2 processes; its global batch stays 32 on any count. With a hostfile
     # its slots say how many processes each machine runs.
     if [ -z "${HOSTFILE:-}" ] && { [ "$DEVICE_KIND" = cpu ] || [ "$DEVICE_COUNT" -ge 2 ]; }; then
@@ -53,7 +61,10 @@ if [ "$DEMO" = 1 ]; then
     fi
     waimai_ensure_demo_base "$TRAIN_DATA"
 else
-    : "${CONFIG:=configs/baichuan2_7b.yaml}"
+    : "${CONFIG:=configs/baichuan2_7b${lora_suffix}.yaml}"
+    if [ "$LORA" = 1 ] && [ -z "${HOSTFILE:-}" ]; then
+        : "${NUM_DEVICES:=1}"  # LoRA trains the 7B on one card; NUM_DEVICES=N DS_CONFIG=ds_config_bf16.json: ZeRO-2
+    fi
 fi
 if [ ! -f "$CONFIG" ]; then
     echo "error: CONFIG=${CONFIG}: recipe file not found (see configs/)" >&2
@@ -67,7 +78,8 @@ for pair in LR:learning_rate EPOCHS:num_train_epochs BATCH_SIZE:per_device_train
     GRADIENT_CHECKPOINTING:gradient_checkpointing EVAL_BATCH_SIZE:per_device_eval_batch_size \
     LOGGING_STEPS:logging_steps WARMUP_RATIO:warmup_ratio WEIGHT_DECAY:weight_decay LR_SCHEDULER:lr_scheduler_type \
     PADDING:padding SAVE_STRATEGY:save_strategy EVAL_STRATEGY:eval_strategy BF16:bf16 FP16:fp16 TF32:tf32 SEED:seed \
-    DS_CONFIG:deepspeed; do
+    DS_CONFIG:deepspeed USE_LORA:use_lora LORA_RANK:lora_rank LORA_ALPHA:lora_alpha LORA_DROPOUT:lora_dropout \
+    LORA_TARGET:lora_target; do
     variable="${pair%%:*}"
     if [ -n "${!variable:-}" ]; then overrides+=("--${pair#*:}" "${!variable}"); fi
 done

@@ -19,8 +19,10 @@ from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.paths import REPO_ROOT
+from tuning.train.run_folder import lora_run, use_lora_from_environment
 
-# Where ds_run_bf16.sh saves the tuned model: the 7B run, else the tiny CPU demo (as run_test.sh looks them up).
+# Where ds_run_bf16.sh saves the tuned model: the 7B run, else the tiny CPU demo (as run_test.sh looks them up); with
+# USE_LORA=true the LoRA runs' folders (these names ending in -lora), which hold the merged models.
 DEFAULT_RUNS = (REPO_ROOT / "output" / "baichuan2-7b-waimai", REPO_ROOT / "output" / "demo" / "tiny-tuned")
 
 
@@ -42,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=None,
                         help="a fine-tuned model folder, or a training output folder (its final model, else its "
                              "latest complete checkpoint-N); default: output/baichuan2-7b-waimai when it holds a "
-                             "model, else the CPU demo's output/demo/tiny-tuned")
+                             "model, else the CPU demo's output/demo/tiny-tuned; with USE_LORA=true the merged "
+                             "models in output/baichuan2-7b-waimai-lora, else output/demo/tiny-tuned-lora")
     parser.add_argument("--input", type=Path, default=None,
                         help="reviews in a file: .jsonl with a review field, .csv with a review column (UTF-8 or "
                              "GB18030), or .txt with one review per line; shows a progress bar on stderr")
@@ -61,7 +64,8 @@ def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
         raise DataError("give reviews as arguments or with --input FILE, not both")
     if args.output:
         check_output_name(args.output)
-    model_dir = check_model_dir(find_model(args.model, DEFAULT_RUNS))
+    runs = tuple(lora_run(run) for run in DEFAULT_RUNS) if use_lora_from_environment() else DEFAULT_RUNS
+    model_dir = check_model_dir(find_model(args.model, runs))
     if args.reviews:
         reviews = clean_reviews(args.reviews)
         if not reviews.texts:

@@ -15,7 +15,9 @@ from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import read_jsonl
 from tuning.runtime.paths import REPO_ROOT
-from tuning.train.run_folder import run_folder_of, tuned_model_in
+from tuning.train.run_folder import lora_run, run_folder_of, tuned_model_in, use_lora_from_environment
+
+DEFAULT_RUN = REPO_ROOT / "output" / "baichuan2-7b-waimai"  # where `bash ds_run_bf16.sh` trains the 7B
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,8 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tuned_model", type=Path, default=None,
                         help="folder of the fine-tuned model; default: the final model saved in --train_output_dir, "
                              "else its latest complete checkpoint-N")
-    parser.add_argument("--train_output_dir", type=Path, default=REPO_ROOT / "output" / "baichuan2-7b-waimai",
-                        help="the training output folder where the default --tuned_model is looked up")
+    parser.add_argument("--train_output_dir", type=Path, default=None,
+                        help="the training output folder where the default --tuned_model is looked up; default: "
+                             f"{DEFAULT_RUN.relative_to(REPO_ROOT)}, or {lora_run(DEFAULT_RUN).relative_to(REPO_ROOT)} "
+                             "(the merged model of a LoRA run) with USE_LORA=true")
     parser.add_argument("--eval_data", type=Path, default=REPO_ROOT / "data" / "eval.jsonl",
                         help='eval reviews, one {"review": ..., "label": "积极"|"消极"} per line')
     parser.add_argument("--max_samples", type=whole_number(1), default=None,
@@ -87,7 +91,8 @@ def check_output_folder(folder: Path) -> None:
 def run(args: argparse.Namespace, console: Console) -> list[Path]:
     """Evaluate both models, print the tables, write the result files; returns their paths."""
     shown = read_jsonl(args.eval_data, required_keys=("review",))[: args.max_samples][: args.num_examples]
-    tuned_model = args.tuned_model or tuned_model_in(args.train_output_dir)
+    train_output_dir = args.train_output_dir or (lora_run(DEFAULT_RUN) if use_lora_from_environment() else DEFAULT_RUN)
+    tuned_model = args.tuned_model or tuned_model_in(train_output_dir)
     model_dirs = {"base": check_model_dir(args.base_model), "tuned": check_model_dir(tuned_model)}
     prompt, sources, run_config = prompt_settings(
         {key: getattr(args, key) for key in PROMPT_DEFAULTS}, model_dirs["tuned"]

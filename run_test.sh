@@ -6,6 +6,7 @@
 #   bash run_test.sh                                  # MODEL vs the model that ds_run_bf16.sh trained from it
 #   bash run_test.sh --max_samples 200                # extra arguments go to run_test.py (they win); see its --help
 #   MODEL=/data/Baichuan2-7B-Base OUTPUT_DIR=/data/run1 bash run_test.sh
+#   USE_LORA=true bash run_test.sh                    # MODEL vs the merged model of `USE_LORA=true bash ds_run_bf16.sh`
 #
 # Without a model folder at the default MODEL (models/Baichuan2-7B-Base), or with DEMO=1, it compares the tiny
 # demo models that `bash ds_run_bf16.sh` builds and trains; a MODEL you set that does not exist is an error. EVAL_DATA (default data/eval.jsonl) is the eval file, as in

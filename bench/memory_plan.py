@@ -1,6 +1,6 @@
 """Per-device memory plan for full fine-tuning of Baichuan2-7B under DeepSpeed ZeRO-2 / ZeRO-3, with and without
-CPU offload: model states from DeepSpeed's own estimators, activations with gradient checkpointing, and which
-setups fit on 32, 64 and 80 GB cards.
+CPU offload, and for LoRA on one device: model states (DeepSpeed's own estimators for full fine-tuning), activations
+with gradient checkpointing, and which setups fit on 16, 24, 32, 64 and 80 GB cards.
 
 Activation formula (bytes per device; b = per-device batch, s = sequence length, h = hidden, i = intermediate,
 L = layers, V = vocabulary; bf16 = 2 bytes), for our model's SDPA path:
@@ -14,10 +14,20 @@ L = layers, V = vocabulary; bf16 = 2 bytes), for our model's SDPA path:
                                          at t = s positions, or t = the answer's tokens with --logits-at-labels-only
     head        = V*h * 2                the row-normalised lm_head weight (NormHead) kept for backward
 
+LoRA on one device, no ZeRO (configs/baichuan2_7b_lora.yaml; A = the adapter's parameters, rank r on each target
+layer of input width `in`): the frozen weights in bf16 (2 bytes per parameter) and the adapter's fp32 weights,
+gradients and AdamW moments (16 bytes per adapter parameter). Its activations are those above (the frozen layers keep
+the same tensors under autocast) plus, in the recomputed layer,
+    adapters    = b*s * sum(2r + m*in)   the rank-r bf16 output of each A (kept by B) and the dropout mask of each
+                  + 2 * A / L            target's input, m bytes per element (1 for the fused dropout of CUDA and
+                                         NPUs, 4 on the CPU; 0 without dropout), and autocast's bf16 copies of
+                                         the layer's adapter weights
+
 Run from the repository root:  python bench/memory_plan.py   (or python -m bench.memory_plan)
 """
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -41,10 +51,13 @@ from tuning.data.prompt import LABEL_WORDS, PromptFormat
 from tuning.data.waimai_csv import read_rows
 from tuning.model.baichuan import BaichuanConfig, BaichuanTokenizer
 from tuning.runtime.errors import report_errors
+from tuning.train.recipe import LORA_LAYERS, LoraArguments
 
 GIB = 1024**3
 ANSWER_TOKENS = 2  # 积极 / 消极 are one token each with the Baichuan2 vocabulary, + eos
 LOGIT_BYTES = 2 + 4 + 4  # bf16 logits + fp32 log-softmax + its fp32 gradient, per position and vocabulary entry
+LORA_STATE_BYTES = 4 + 4 + 8  # per adapter parameter: fp32 weight, fp32 gradient, AdamW's two fp32 moments
+DROPOUT_MASK_BYTES = 1  # torch's fused dropout (CUDA, NPUs) keeps a bool mask per element
 
 # name -> (ZeRO stage, keyword arguments of DeepSpeed's estimator)
 STRATEGIES = {
@@ -75,6 +88,16 @@ class Shape:
             num_layers=config.num_hidden_layers,
             tied_embeddings=config.tie_word_embeddings,
         )
+
+    def linear_widths(self) -> dict[str, tuple[int, int]]:
+        """(input, output) width of each linear layer of a decoder layer, by name."""
+        h, i = self.hidden_size, self.intermediate_size
+        return {"W_pack": (h, 3 * h), "o_proj": (h, h), "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def lora_parameters(self, rank: int, targets: tuple[str, ...]) -> int:
+        """Parameters of rank-`rank` adapters on the `targets` of every decoder layer (A: r x in, B: out x r)."""
+        widths = self.linear_widths()
+        return self.num_layers * sum(rank * sum(widths[target]) for target in targets)
 
     def parameter_counts(self) -> tuple[int, int]:
         """(all parameters, the largest module's own parameters), as DeepSpeed's `model_to_params` counts them."""
@@ -120,9 +143,38 @@ class Plan:
     padded_case: str  # the `cases` key of the fixed padded length
     logits_at_labels_only: bool
     reserve: int
+    lora: "Lora"  # LoRA on one device, no ZeRO
+    lora_activations: dict[tuple[str, int], Activations]  # per (length case, batch)
 
     def total(self, strategy: str, devices: int, case: str, batch: int) -> int:
         return self.states[strategy, devices][0] + self.activations[case, batch].total + self.reserve
+
+    def lora_total(self, case: str, batch: int) -> int:
+        return sum(self.lora.states(self.shape)) + self.lora_activations[case, batch].total + self.reserve
+
+
+@dataclass(frozen=True)
+class Lora:
+    """The adapter of a LoRA run on one device, and the bytes its dropout keeps per masked element."""
+
+    rank: int
+    targets: tuple[str, ...]
+    mask_bytes: int = DROPOUT_MASK_BYTES
+
+    def states(self, shape: Shape) -> tuple[int, int]:
+        """(frozen bf16 weights, the adapter's weights, gradients and AdamW moments) in bytes."""
+        return 2 * shape.parameter_counts()[0], LORA_STATE_BYTES * shape.lora_parameters(self.rank, self.targets)
+
+    def activations(self, shape: Shape, batch: int, seq_len: int, logit_positions: int) -> Activations:
+        """The full fine-tuning activations plus the adapters' in the recomputed layer (module docstring)."""
+        full = activations(shape, batch, seq_len, logit_positions)
+        widths = shape.linear_widths()
+        per_token = sum(2 * self.rank + self.mask_bytes * widths[target][0] for target in self.targets)
+        weight_copies = 2 * shape.lora_parameters(self.rank, self.targets) // shape.num_layers
+        return dataclasses.replace(full, layer=full.layer + batch * seq_len * per_token + weight_copies)
+
+
+DEFAULT_LORA = Lora(rank=LoraArguments.lora_rank, targets=LORA_LAYERS)  # configs/baichuan2_7b_lora.yaml's adapter
 
 
 def model_states(total: int, largest: int, devices: int, strategy: str) -> tuple[int, int]:
@@ -154,23 +206,34 @@ def make_plan(
     pad_to: int,
     logits_at_labels_only: bool = False,
     reserve_gib: float = 2.0,
+    lora: Lora = DEFAULT_LORA,
 ) -> Plan:
     total, largest = shape.parameter_counts()
     padded_case = f"pad {pad_to}"
     cases = {"mean": lengths.mean, "p95": lengths.p95, "max": lengths.max, padded_case: pad_to}
+
+    def positions(seq_len: int) -> int:
+        return lengths.target if logits_at_labels_only else seq_len
+
     return Plan(
         shape=shape,
         lengths=lengths,
         cases=cases,
         states={(name, n): model_states(total, largest, n, name) for name in STRATEGIES for n in devices},
         activations={
-            (case, batch): activations(shape, batch, seq_len, lengths.target if logits_at_labels_only else seq_len)
+            (case, batch): activations(shape, batch, seq_len, positions(seq_len))
             for case, seq_len in cases.items()
             for batch in batch_sizes
         },
         padded_case=padded_case,
         logits_at_labels_only=logits_at_labels_only,
         reserve=int(reserve_gib * GIB),
+        lora=lora,
+        lora_activations={
+            (case, batch): lora.activations(shape, batch, seq_len, positions(seq_len))
+            for case, seq_len in cases.items()
+            for batch in batch_sizes
+        },
     )
 
 
@@ -252,6 +315,35 @@ def render(plan: Plan, cards: list[int]) -> list[str]:
             for n in devices
         ],
     )
+    return lines + render_lora(plan, cards)
+
+
+def render_lora(plan: Plan, cards: list[int]) -> list[str]:
+    shape, lora = plan.shape, plan.lora
+    frozen, adapter = lora.states(shape)
+    adapter_parameters = shape.lora_parameters(lora.rank, lora.targets)
+    batch_sizes = sorted({batch for _, batch in plan.lora_activations})
+    lines = [
+        "",
+        f"LoRA on one device, no ZeRO (configs/baichuan2_7b_lora.yaml): rank {lora.rank} on "
+        f"{', '.join(lora.targets)} of every layer, {adapter_parameters:,} adapter parameters "
+        f"({adapter_parameters / shape.parameter_counts()[0]:.2%}); model states: frozen bf16 weights {gib(frozen, 2)} "
+        f"+ adapter (fp32 weights, gradients, AdamW moments) {gib(adapter, 2)} = {gib(frozen + adapter, 2)} GiB; "
+        f"dropout masks of {lora.mask_bytes} byte per element.",
+        "",
+        "Total GiB (model states + activations with the adapters' + reserve) and the smallest card that holds it:",
+        "",
+    ]
+    lines += format_table(
+        ["length", "tokens", *[f"batch {batch}" for batch in batch_sizes]],
+        [
+            [case, str(seq_len), *[
+                f"{gib(need)} ({smallest_card(need, cards)})"
+                for need in (plan.lora_total(case, batch) for batch in batch_sizes)
+            ]]
+            for case, seq_len in plan.cases.items()
+        ],
+    )
     return lines
 
 
@@ -265,13 +357,21 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def lora_targets(text: str) -> tuple[str, ...]:
+    names = tuple(text.split(","))
+    if not set(names) <= set(LORA_LAYERS) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected different names among {','.join(LORA_LAYERS)}, got {text!r}")
+    return names
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Estimate the per-device memory needed to fully fine-tune Baichuan2-7B (bf16, AdamW) with "
-        "DeepSpeed ZeRO-2 or ZeRO-3, with and without CPU offload, and show which setups fit on 32, 64 "
-        "(Ascend 910B) and 80 GB cards. Model states come from DeepSpeed's estimators; activations assume "
-        "gradient checkpointing (formula at the top of this script). Sequence lengths are measured on "
-        "waimai_10k.csv with the real tokenizer, or taken from --seq-lengths. Nothing runs on a device.",
+        "DeepSpeed ZeRO-2 or ZeRO-3, with and without CPU offload, and to train a LoRA adapter on one device, and "
+        "show which setups fit on 16, 24, 32, 64 (Ascend 910B) and 80 GB cards. Full fine-tuning's model states "
+        "come from DeepSpeed's estimators; activations assume gradient checkpointing (formula at the top of this "
+        "script). Sequence lengths are measured on waimai_10k.csv with the real tokenizer, or taken from "
+        "--seq-lengths. Nothing runs on a device.",
     )
     parser.add_argument("--devices", type=int_list, default=[1, 2, 4, 8],
                         help="comma-separated device counts on one node (default: 1,2,4,8)")
@@ -279,8 +379,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated per-device batch sizes (default: 1,8)")
     parser.add_argument("--pad-to", type=int, default=1024,
                         help="fixed padded length to compare with the measured lengths (default: 1024)")
-    parser.add_argument("--cards", type=int_list, default=[32, 64, 80],
-                        help="comma-separated card sizes in GB as sold, i.e. GiB of device memory (default: 32,64,80)")
+    parser.add_argument("--cards", type=int_list, default=[16, 24, 32, 64, 80],
+                        help="comma-separated card sizes in GB as sold, i.e. GiB of device memory "
+                        "(default: 16,24,32,64,80)")
+    parser.add_argument("--lora-rank", type=int, default=DEFAULT_LORA.rank,
+                        help=f"rank of the LoRA adapters (default: {DEFAULT_LORA.rank}, the LoRA recipe's)")
+    parser.add_argument("--lora-targets", type=lora_targets, default=DEFAULT_LORA.targets,
+                        help=f"comma-separated layers with an adapter (default: {','.join(DEFAULT_LORA.targets)})")
     parser.add_argument("--reserve-gib", type=float, default=2.0,
                         help="GiB per device added for the runtime context, communication buckets and "
                         "fragmentation (default: 2)")
@@ -300,6 +405,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--pad-to must be positive")
     if args.reserve_gib < 0:
         parser.error("--reserve-gib must not be negative")
+    if args.lora_rank < 1:
+        parser.error("--lora-rank must be 1 or more")
     return args
 
 
@@ -314,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lengths = measure_lengths(args.csv, args.tokenizer, PromptFormat.from_config(config), args.pad_to)
         plan = make_plan(Shape.from_config(config), lengths, args.devices, args.batch_sizes, args.pad_to,
-                         args.logits_at_labels_only, args.reserve_gib)
+                         args.logits_at_labels_only, args.reserve_gib, Lora(args.lora_rank, args.lora_targets))
         print("\n".join(render(plan, args.cards)))
         return 0
 

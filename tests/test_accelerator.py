@@ -1,4 +1,5 @@
-"""What only a GPU or NPU can show: bf16 kernels, fused attention, DeepSpeed over NCCL/HCCL, a model of 1B parameters.
+"""What only a GPU or NPU can show: bf16 kernels, fused attention, DeepSpeed over NCCL/HCCL, LoRA over a half-precision
+base on one device, a model of 1B parameters.
 
 Every test here is marked `accelerator` and skips on a CPU-only machine ("needs a GPU or NPU"). One command runs
 them with the benchmarks on a machine that has one: `bash tools/device_check.sh` (see docs/hardware.md).
@@ -117,6 +118,31 @@ def test_the_demo_trains_on_one_device_and_its_model_reloads(repo_root, make_rev
     assert summary["peak_device_memory_bytes"] > 0
     reloaded = load_model(tmp_path / "tuned")
     assert all(torch.isfinite(parameter).all() for parameter in reloaded.parameters())
+
+
+def test_lora_trains_on_one_device_without_zero_and_merges(repo_root, make_review_data, make_tiny_base, device, half,
+                                                          tmp_path):
+    """USE_LORA=true with a model folder: the 7B LoRA recipe (one device, no ZeRO, gradient checkpointing) on the
+    tiny base: the frozen base in half precision under autocast, the adapter in fp32, the merged model saved."""
+    data_dir = make_review_data(train_per_label=50, eval_per_label=10)
+    base = make_tiny_base(data_dir)
+    result = _launch(repo_root, ["--max_steps", "4", "--save_strategy", "no", "--learning_rate", "1e-2",
+                                 "--disable_tqdm", "true"],
+                     USE_LORA="true", MODEL=str(base), OUTPUT_DIR=str(tmp_path / "run"),
+                     TRAIN_DATA=str(data_dir / "train.jsonl"), EVAL_DATA=str(data_dir / "eval.jsonl"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "recipe configs/baichuan2_7b_lora.yaml" in result.stdout
+    run = tmp_path / "run"
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[half]
+    assert (summary["device"], summary["precision"], summary["processes"]) == (device.kind, precision, 1)
+    assert summary["use_lora"] and summary["global_step"] == 4 and summary["peak_device_memory_bytes"] > 0
+    assert json.loads((run / "run_manifest.json").read_text(encoding="utf-8"))["zero_stage"] is None
+    adapter = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert {tensor.dtype for tensor in adapter.values()} == {torch.float32}
+    merged, original = load_model(run), load_model(base)
+    assert all(torch.isfinite(parameter).all() for parameter in merged.parameters())
+    assert any(not torch.equal(weight, original.state_dict()[name]) for name, weight in merged.state_dict().items())
 
 
 def test_a_1b_baichuan2_in_the_official_layout_trains_through_the_launcher(repo_root, make_review_data,

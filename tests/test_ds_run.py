@@ -1,9 +1,12 @@
 """ds_run_bf16.sh end to end on the CPU: the real DeepSpeed launcher, 2 gloo processes, the tiny demo model.
 
 - ZeRO-2 (the default config), interrupted after a checkpoint and run again: it continues to the end. This is
-  the file's one training run: run_test.py then compares that base/tuned pair, as a user would next;
-- ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps;
-- an error in train.py is the launcher's exit status; tuning/runtime/launch.sh: model selection and the CANN check;
+  the file's one full training run: run_test.py then compares that base/tuned pair, as a user would next;
+- LoRA (USE_LORA=true): the demo's adapter trained under ZeRO-2, continued from a checkpoint in a second folder, and
+  its merged model compared with the base by `USE_LORA=true bash run_test.sh`;
+- ZeRO-3 with bf16 forced on the CPU, gradient checkpointing and accumulation, a few steps; LoRA under ZeRO-3;
+- an error in train.py is the launcher's exit status; tuning/runtime/launch.sh: model selection (also with
+  USE_LORA) and the CANN check;
 - two machines simulated on this one (hostfile `nodeA slots=1`, `nodeB slots=1`, NODE_RANK 0 and 1, no ssh): with a
   shared output folder they train, save and a re-run trains nothing; with a folder per machine both stop at once.
 
@@ -12,6 +15,7 @@ Expectations that depend on the hardware (device, precision, processes) follow t
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -67,7 +71,7 @@ def _env(tmp_path: Path, data_dir: Path, **overrides) -> dict:
         "EVAL_DATA": str(data_dir / "eval.jsonl"),
         "MASTER_PORT": str(_free_port()),
     }
-    for name in ("WAIMAI_DEVICE", "MODEL", "HOSTFILE", "NODE_RANK", "MASTER_ADDR", "NUM_DEVICES"):
+    for name in ("WAIMAI_DEVICE", "MODEL", "HOSTFILE", "NODE_RANK", "MASTER_ADDR", "NUM_DEVICES", "USE_LORA"):
         env.pop(name, None)
     return {**env, **overrides}
 
@@ -169,6 +173,77 @@ def test_run_test_on_the_demo_pair_shows_what_fine_tuning_learned(demo_run, data
     assert tuned["generation"]["parse_rate"] >= 0.9
 
 
+# LoRA on the random tiny base learns more slowly than full fine-tuning: 3,200 reviews, 2 epochs of 100 steps
+LORA_ARGS = ("--num_train_epochs", "2", "--save_strategy", "steps", "--save_steps", "100", "--eval_points_per_epoch",
+             "1", "--logging_steps", "25", "--disable_tqdm", "true")
+
+
+@pytest.fixture(scope="module")
+def lora_demo(repo_root, make_review_data, tmp_path_factory) -> dict:
+    """`USE_LORA=true bash ds_run_bf16.sh` on the demo (2 processes, ZeRO-2), then the same run continued from its
+    checkpoint-100 in a second folder, as after an interruption."""
+    data_dir = make_review_data(train_per_label=1600, eval_per_label=100)
+    root = tmp_path_factory.mktemp("lora-demo")
+    first = _run(repo_root, _env(root, data_dir, USE_LORA="true"), *LORA_ARGS)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    output_dir, resumed = root / "tuned", root / "resumed"
+    resumed.mkdir()
+    shutil.copy(output_dir / "run_manifest.json", resumed)
+    shutil.copytree(output_dir / "checkpoint-100", resumed / "checkpoint-100")
+    second = _run(repo_root, _env(root, data_dir, USE_LORA="true", DEMO_OUTPUT_DIR=str(resumed)), *LORA_ARGS)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    return {"root": root, "data_dir": data_dir, "output_dir": output_dir, "first": first, "resumed": resumed,
+            "second": second}
+
+
+def test_the_lora_demo_trains_an_adapter_under_zero2_and_ends_with_the_merged_model(lora_demo):
+    output_dir, first = lora_demo["output_dir"], lora_demo["first"]
+    assert "recipe configs/tiny_demo_lora.yaml" in first.stdout
+    summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
+    device = detect_device()
+    processes = 2 if device.kind == "cpu" or device.count >= 2 else 1
+    assert (summary["use_lora"], summary["processes"], summary["global_step"]) == (True, processes, 200)
+    assert 0 < summary["trainable_parameters"] < summary["total_parameters"] / 10
+    manifest = json.loads((output_dir / "run_manifest.json").read_text(encoding="utf-8"))
+    assert manifest["zero_stage"] == 2 and manifest["lora"]["rank"] == 8
+    checkpoint = {path.name for path in (output_dir / "checkpoint-100").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "latest", "global_step100"} <= checkpoint
+    assert "model.safetensors" not in checkpoint
+    assert (output_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert load_model(output_dir).config.vocab_size == load_model(lora_demo["root"] / "tiny-base").config.vocab_size
+
+
+def test_the_lora_demo_continues_from_a_zero2_checkpoint(lora_demo):
+    resumed = lora_demo["resumed"]
+    assert f"resuming from {resumed / 'checkpoint-100'}" in lora_demo["second"].stdout
+    summary = json.loads((resumed / "train_summary.json").read_text(encoding="utf-8"))
+    assert summary["resumed_from"] == str(resumed / "checkpoint-100") and summary["global_step"] == 200
+    # the adapter and optimizer states of step 100 were restored: the second half ends near the first run's adapter
+    final, uninterrupted, started = (load_file(path) for path in (
+        resumed / "adapter" / "adapter_model.safetensors", lora_demo["output_dir"] / "adapter" /
+        "adapter_model.safetensors", resumed / "checkpoint-100" / "adapter_model.safetensors"))
+    change = sum((uninterrupted[name].float() - started[name].float()).norm() for name in final)
+    difference = sum((final[name].float() - uninterrupted[name].float()).norm() for name in final)
+    assert difference < 0.05 * change, (difference, change)
+
+
+def test_run_test_sh_compares_the_base_with_the_merged_lora_model(repo_root, lora_demo):
+    """USE_LORA=true bash run_test.sh: the merged model beats the majority baseline and the random base clearly."""
+    output_dir = lora_demo["output_dir"]
+    env = _env(lora_demo["root"], lora_demo["data_dir"], USE_LORA="true")
+    result = subprocess.run(["bash", "run_test.sh", "--num_examples", "1", "--batch_size", "50"], cwd=repo_root,
+                            env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    payload = json.loads((output_dir / "eval" / "eval_results.json").read_text(encoding="utf-8"))
+    assert payload["models"]["tuned"]["path"] == str(output_dir)  # the merged model, not a checkpoint
+    majority = payload["majority_baseline"]["accuracy"]
+    accuracy = {name: model["scoring"]["accuracy"] for name, model in payload["models"].items()}
+    # seed 42 on this CPU (native bf16): tuned 69.5%, base 50.5% (random weights), majority 50%
+    assert payload["num_samples"] == 200 and majority == 0.5
+    assert accuracy["tuned"] >= majority + 0.1 and accuracy["tuned"] >= accuracy["base"] + 0.1, accuracy
+    assert payload["models"]["tuned"]["generation"]["parse_rate"] >= 0.9
+
+
 def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_dir, prebuilt_base, tmp_path):
     env = _env(tmp_path, data_dir, WAIMAI_CPU_BF16="1", DS_CONFIG="ds_config_zero3.json",
                DEMO_BASE_MODEL=str(prebuilt_base), GRADIENT_CHECKPOINTING="true", GLOBAL_BATCH_SIZE="16")
@@ -188,6 +263,22 @@ def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_di
     weights = load_file(output_dir / "model.safetensors")  # ZeRO-3 gathered the full 16-bit weights to save them
     assert weights["lm_head.weight"].dtype == torch.bfloat16 and weights["lm_head.weight"].shape[0] > 1000
     assert load_model(output_dir).lm_head.weight.dtype == torch.float32
+
+
+def test_lora_under_zero3_gathers_the_partitioned_adapter_and_merges_it(repo_root, data_dir, prebuilt_base, tmp_path):
+    env = _env(tmp_path, data_dir, USE_LORA="true", DS_CONFIG="ds_config_zero3.json", DEMO_BASE_MODEL=str(prebuilt_base))
+    result = _run(repo_root, env, "--max_steps", "3", "--max_eval_samples", "20", "--save_strategy", "no",
+                  "--disable_tqdm", "true")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output_dir = tmp_path / "tuned"
+    manifest = json.loads((output_dir / "run_manifest.json").read_text(encoding="utf-8"))
+    summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))
+    adapter = load_file(output_dir / "adapter" / "adapter_model.safetensors")
+    assert manifest["zero_stage"] == 3 and summary["global_step"] == 3
+    assert summary["trainable_parameters"] == sum(tensor.numel() for tensor in adapter.values())  # whole, not shards
+    assert any(tensor.abs().sum() > 0 for name, tensor in adapter.items() if "lora_B" in name)  # B starts at zero
+    merged, base = load_model(output_dir), load_model(prebuilt_base)
+    assert any(not torch.equal(weight, base.state_dict()[name]) for name, weight in merged.state_dict().items())
 
 
 def test_one_process_trains_the_same_steps_with_the_same_global_batch(repo_root, data_dir, prebuilt_base,
@@ -234,6 +325,19 @@ def test_model_selection_demo_only_without_the_default_model(repo_root, tmp_path
     (tmp_path / "absent").mkdir()
     real = _bash(repo_root, shown, {**env, "OUTPUT_DIR": "out/7b"})
     assert real.stdout.strip() == f"0|{tmp_path / 'absent'}|out/7b"
+
+
+def test_use_lora_gives_lora_runs_their_own_folders(repo_root, tmp_path):
+    """A LoRA run never continues or overwrites a full run: its default folders end in -lora (run_test.sh finds them)."""
+    env = {**os.environ, "MODEL": str(tmp_path)}
+    for name in ("OUTPUT_DIR", "DEMO_BASE_MODEL", "DEMO_OUTPUT_DIR", "DEMO", "USE_LORA"):
+        env.pop(name, None)
+    shown = 'waimai_select_model >/dev/null; echo "$LORA|$TRAIN_OUTPUT_DIR"'
+    assert _bash(repo_root, shown, {**env, "USE_LORA": "true"}).stdout.strip() == "1|output/baichuan2-7b-waimai-lora"
+    assert _bash(repo_root, shown, {**env, "USE_LORA": "Yes", "DEMO": "1"}).stdout.strip() == \
+        "1|output/demo/tiny-tuned-lora"
+    assert _bash(repo_root, shown, {**env, "USE_LORA": "0"}).stdout.strip() == "0|output/baichuan2-7b-waimai"
+    assert _bash(repo_root, shown, {**env, "USE_LORA": "1", "OUTPUT_DIR": "out/mine"}).stdout.strip() == "1|out/mine"
 
 
 def test_cann_environment_is_sourced_when_present(repo_root, tmp_path):

@@ -38,7 +38,7 @@ def machine(tmp_path):
            "HOME": str(tmp_path / "home"), "MODEL": str(tmp_path / "model"), "OUTPUT_DIR": str(tmp_path / "out"),
            "TRAIN_DATA": str(tmp_path / "train.jsonl"), "FAKE_DEVICE": "npu 8 hccl 1"}
     for name in (*RECORDED_ENV, "WAIMAI_DEVICE", "NUM_DEVICES", "HOSTFILE", "NODE_RANK", "MASTER_ADDR", "DEMO",
-                 "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
+                 "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "USE_LORA", "DS_CONFIG", "CONFIG"):
         env.pop(name, None)
     return {"env": env, "record": record, "root": tmp_path}
 
@@ -128,6 +128,37 @@ def test_cann_is_found_where_each_release_installs_it_and_sourced_safely(repo_ro
                            capture_output=True, text=True, timeout=60)
     flags, _, pipefail = shown.stdout.split()
     assert "e" in flags and "u" in flags and pipefail == "on"
+
+
+def _train_args(machine: dict) -> list[str]:
+    """The arguments deepspeed passes to train.py."""
+    args = (machine["record"] / "deepspeed.args").read_text(encoding="utf-8").splitlines()
+    return args[args.index("train.py") + 1:]
+
+
+def test_use_lora_trains_the_7b_on_one_device_with_the_lora_recipe(repo_root, machine):
+    result = _launch(repo_root, machine, USE_LORA="true", LORA_RANK="16")
+    assert result.returncode == 0, result.stderr
+    args, train = _launcher_args(machine), _train_args(machine)
+    assert args[args.index("--num_gpus") + 1] == "1"  # of the machine's 8 NPUs
+    assert train[0] == "configs/baichuan2_7b_lora.yaml"
+    assert train[train.index("--use_lora") + 1] == "true" and train[train.index("--lora_rank") + 1] == "16"
+    assert "--deepspeed" not in train  # the recipe's: no ZeRO on one device
+    result = _launch(repo_root, machine, USE_LORA="TRUE", NUM_DEVICES="8", DS_CONFIG="ds_config_bf16.json")
+    assert result.returncode == 0, result.stderr
+    args, train = _launcher_args(machine), _train_args(machine)
+    assert args[args.index("--num_gpus") + 1] == "8" and train[train.index("--deepspeed") + 1] == "ds_config_bf16.json"
+
+
+def test_a_full_run_is_unchanged_and_a_bad_use_lora_is_one_line(repo_root, machine):
+    assert _launch(repo_root, machine, USE_LORA="false").returncode == 0
+    args, train = _launcher_args(machine), _train_args(machine)
+    assert args[args.index("--num_gpus") + 1] == "8" and train[0] == "configs/baichuan2_7b.yaml"
+    (machine["record"] / "deepspeed.args").unlink()
+    result = _launch(repo_root, machine, USE_LORA="maybe")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: USE_LORA=maybe: expected true or false"
+    assert not (machine["record"] / "deepspeed.args").exists()
 
 
 def test_the_probe_runs_without_torchs_backend_autoload(repo_root, machine):

@@ -9,6 +9,7 @@ from transformers_modify.training_args import FORCE_CPU_BF16, adapt_to_device
 def test_pins_come_from_requirements_txt():
     pins = versions.pinned_versions()
     assert pins["transformers"] == "5.24.0" and pins["deepspeed"] == "0.19.8" and pins["torch"] == "2.13.0"
+    assert pins["peft"] == "0.21.2"
 
 
 def test_pinned_environment_passes_and_a_mismatch_says_what_to_install(monkeypatch):
@@ -27,7 +28,7 @@ def test_pinned_environment_passes_and_a_mismatch_says_what_to_install(monkeypat
 
 
 def test_a_machines_own_torch_in_the_supported_range_is_accepted(monkeypatch):
-    """A CUDA image with torch 2.11, transformers 5.17 and no DeepSpeed: one problem per missing piece, not torch."""
+    """A CUDA image with torch 2.11, transformers 5.17, no DeepSpeed and no peft: one problem per missing piece, not torch."""
     pins = versions.pinned_versions()
     installed = {"torch": "2.11.0+cu128", "transformers": "5.17.0", "accelerate": pins["accelerate"]}
     monkeypatch.setattr(versions, "installed_version", installed.get)
@@ -36,6 +37,7 @@ def test_a_machines_own_torch_in_the_supported_range_is_accepted(monkeypatch):
         f"pip install transformers=={pins['transformers']}",
         f"deepspeed is not installed but this project needs {pins['deepspeed']}: "
         f"pip install deepspeed=={pins['deepspeed']}",
+        f"peft is not installed but this project needs {pins['peft']}: pip install peft=={pins['peft']}",
     ]
     installed["torch"] = "2.4.1"
     assert versions.version_problems()[-1].startswith("torch 2.4.1 is installed but this project needs torch>=2.5,<2.14")
@@ -66,6 +68,10 @@ def test_flops_per_token_counts_dense_weights_and_attention():
     model = BaichuanForCausalLM(tiny_config(500, user_token_id=3, assistant_token_id=4))
     dense = model.num_parameters() - 500 * 128  # everything but the input embedding
     assert training_flops_per_token(model)(100) == 6 * dense + 12 * 2 * 128 * 100
+    for name, parameter in model.named_parameters():  # as in a LoRA run: frozen weights need no weight gradient
+        parameter.requires_grad_("o_proj" in name)
+    trained = 2 * 128 * 128  # the two layers' o_proj
+    assert training_flops_per_token(model)(100) == 4 * dense + 2 * trained + 12 * 2 * 128 * 100
 
 
 def test_step_metrics_window(monkeypatch):

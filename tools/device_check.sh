@@ -101,7 +101,7 @@ run_step eval_throughput 40 "$PYTHON" bench/eval_throughput.py --model "$report_
     echo
     echo "- device: ${DEVICE_KIND} x ${DEVICE_COUNT} (${device_name}), bf16 native: ${DEVICE_BF16}"
     echo "- versions: $("$PYTHON" -c 'import importlib.metadata as m
-names = ("torch", "torch_npu", "transformers", "accelerate", "deepspeed", "flash_attn")
+names = ("torch", "torch_npu", "transformers", "accelerate", "deepspeed", "peft", "flash_attn")
 found = []
 for name in names:
     try:

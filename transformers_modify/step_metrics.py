@@ -29,7 +29,9 @@ def peak_bf16_flops(device_name: str | None) -> float | None:
 
 
 def training_flops_per_token(model: nn.Module) -> Callable[[float], float]:
-    """FLOPs to train on one token of a sequence of a given length: 6 per non-embedding weight, plus attention.
+    """FLOPs to train on one token of a sequence of a given length: per non-embedding weight 2 forward and 2 for the
+    input gradient, plus 2 for its own gradient where it trains (6 per weight in full fine-tuning, 4 per frozen
+    weight of a LoRA run), plus attention.
 
     The attention term is 12 * layers * hidden * length (scores and weighted sum, forward and backward).
     Recomputation under gradient checkpointing is not counted, as MFU conventionally does not.
@@ -37,10 +39,11 @@ def training_flops_per_token(model: nn.Module) -> Callable[[float], float]:
     config = model.config
     embedding = model.get_input_embeddings().weight
     # Under ZeRO-3 a parameter's own storage is a shard; DeepSpeed keeps the full size as `ds_numel`.
-    weights = sum(getattr(parameter, "ds_numel", parameter.numel()) for parameter in model.parameters())
-    dense = weights - getattr(embedding, "ds_numel", embedding.numel())
+    dense = [parameter for parameter in model.parameters() if parameter is not embedding]
+    weights = sum(getattr(parameter, "ds_numel", parameter.numel()) for parameter in dense)
+    trained = sum(getattr(parameter, "ds_numel", parameter.numel()) for parameter in dense if parameter.requires_grad)
     attention = 12 * config.num_hidden_layers * config.hidden_size
-    return lambda length: 6 * dense + attention * length
+    return lambda length: 4 * weights + 2 * trained + attention * length
 
 
 class StepMetricsCallback(TrainerCallback):

@@ -7,7 +7,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
-EXACT = ("transformers", "accelerate", "deepspeed")  # what train.py relies on beyond their public API
+EXACT = ("transformers", "accelerate", "deepspeed", "peft")  # what train.py relies on beyond their public API
 # Accelerator machines bring their own torch (the one torch_npu and CANN were built for, or a CUDA image's): any
 # release in this range is accepted. 2.5 is the first with TORCH_DEVICE_BACKEND_AUTOLOAD, which the launchers use.
 SUPPORTED_TORCH_RANGE = ">=2.5,<2.14"

@@ -17,6 +17,8 @@ from tuning.train.run import DESCRIPTION
 
 RECIPE_7B = REPO_ROOT / "configs" / "baichuan2_7b.yaml"
 RECIPE_DEMO = REPO_ROOT / "configs" / "tiny_demo.yaml"
+RECIPE_7B_LORA = REPO_ROOT / "configs" / "baichuan2_7b_lora.yaml"
+RECIPE_DEMO_LORA = REPO_ROOT / "configs" / "tiny_demo_lora.yaml"
 
 
 def test_the_7b_recipe_is_the_original_recipe():
@@ -30,7 +32,32 @@ def test_the_7b_recipe_is_the_original_recipe():
     assert batch_layout(32, 8, flags.per_device_train_batch_size) == (4, 1)  # 8 devices: 4 x 1, not 1 x 4
 
 
-@pytest.mark.parametrize("recipe", [RECIPE_7B, RECIPE_DEMO])
+def test_the_lora_recipes_differ_from_the_full_ones_only_where_lora_needs_it():
+    full, lora = parse_recipe([str(RECIPE_7B)], DESCRIPTION), parse_recipe([str(RECIPE_7B_LORA)], DESCRIPTION)
+    assert lora.lora.use_lora and not full.lora.use_lora
+    assert (lora.lora.lora_rank, lora.lora.lora_alpha, lora.lora.lora_dropout) == (8, 16, 0.05)
+    assert lora.lora.target_modules() == ["W_pack", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert (lora.training.learning_rate, lora.training.deepspeed) == (1e-4, None)  # its own rate; one device, no ZeRO
+    assert lora.training.output_dir != full.training.output_dir
+    assert batch_layout(32, 1, lora.training.per_device_train_batch_size) == (8, 4)  # one device: 8 x 4
+    same = ("global_batch_size", "lr_scheduler_type", "warmup_ratio", "num_train_epochs", "gradient_checkpointing",
+            "bf16", "seed", "save_strategy")
+    assert all(getattr(lora.training, name) == getattr(full.training, name) for name in same)
+    assert lora.data == full.data
+    demo, demo_lora = parse_recipe([str(RECIPE_DEMO)], DESCRIPTION), parse_recipe([str(RECIPE_DEMO_LORA)], DESCRIPTION)
+    assert demo_lora.lora == lora.lora and demo_lora.training.deepspeed == demo.training.deepspeed  # ZeRO-2
+    assert demo_lora.data == demo.data and demo_lora.training.output_dir.endswith("-lora")
+
+
+def test_use_lora_without_a_recipe_file_takes_the_lora_recipe():
+    recipe = parse_recipe(["--use_lora", "true", "--seed", "3"], DESCRIPTION)
+    assert recipe.path == RECIPE_7B_LORA and recipe.training.learning_rate == 1e-4 and recipe.training.seed == 3
+    assert parse_recipe(["--use_lora", "false"], DESCRIPTION).path == RECIPE_7B
+    given = parse_recipe([str(RECIPE_7B), "--use_lora", "true"], DESCRIPTION)  # a recipe you name is kept
+    assert given.path == RECIPE_7B and given.lora.use_lora and given.training.learning_rate == 1e-5
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO_ROOT / "configs").glob("*.yaml")), ids=lambda path: path.name)
 def test_every_setting_of_a_recipe_is_a_flag_with_a_comment(recipe):
     values = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     known = {action.dest for action in recipe_parser(DESCRIPTION)._actions}

@@ -139,7 +139,8 @@ def test_help_is_written_for_a_new_user(capsys):
 
 
 def test_output_dir_of_another_run_is_refused(tiny_base, data_dir, tmp_path):
-    identity = run_identity(tiny_base, _recipe(_flags(tiny_base, data_dir, tmp_path / "out")).data)
+    recipe = _recipe(_flags(tiny_base, data_dir, tmp_path / "out"))
+    identity = run_identity(tiny_base, recipe.data, recipe.lora)
     output_dir = tmp_path / "out"
     check_output_dir(output_dir, identity)  # absent: fine
     output_dir.mkdir()
@@ -228,9 +229,11 @@ def test_training_writes_model_reports_and_rerunning_resumes(tiny_base, data_dir
                    "--save_steps", "2", "--learning_rate", "1e-3", "--report_to", "tensorboard",
                    "--logging_steps", "1")
     assert main(flags) == 0
+    precision = expected_precision()
     summary = json.loads((output_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
-    assert summary["global_step"] == 3 and summary["precision"] == expected_precision()
-    assert summary["processes"] == 1
+    assert summary["global_step"] == 3 and summary["precision"] == precision and summary["processes"] == 1
+    parameters = load_model(output_dir).num_parameters()
+    assert summary["trainable_parameters"] == summary["total_parameters"] == parameters  # full fine-tuning
     assert summary["padding"] == "max_length" and summary["logits_at_labels_only"] is False
     assert summary["padding_share"] > 0.5  # short reviews padded to 96 tokens, as the original did
     assert 0 <= summary["eval_accuracy"] <= 1 and summary["eval_loss"] > 0 and summary["tokens_per_second"] > 0
@@ -240,7 +243,7 @@ def test_training_writes_model_reports_and_rerunning_resumes(tiny_base, data_dir
     assert load_model(output_dir).config.use_cache is True
     assert latest_complete_checkpoint(output_dir).name == "checkpoint-3"
     manifest = json.loads((output_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-    assert (manifest["world_size"], manifest["zero_stage"], manifest["precision"]) == (1, None, expected_precision())
+    assert (manifest["world_size"], manifest["zero_stage"], manifest["precision"]) == (1, None, precision)
 
     capsys.readouterr()
     assert main(flags) == 0  # the same command again: already done, nothing is trained or rewritten

@@ -7,9 +7,7 @@ Baichuan2-7B-Base. train.py then fine-tunes it exactly like the 7B model: it is 
 
 import argparse
 import io
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import sentencepiece as spm
@@ -19,7 +17,7 @@ from tuning.data.prompt import DEFAULT_TEMPLATE
 from tuning.model.baichuan import BaichuanForCausalLM, BaichuanTokenizer, tiny_config
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.errors import DataError, report_errors
-from tuning.runtime.fileio import read_jsonl
+from tuning.runtime.fileio import read_jsonl, staging_folder
 
 USER_TOKEN = "<reserved_106>"  # Baichuan2's chat role tokens (ids 195/196 in the 7B vocabulary)
 ASSISTANT_TOKEN = "<reserved_107>"
@@ -80,9 +78,7 @@ def build_tiny_base(
     texts = []
     for record in records:
         texts += [DEFAULT_TEMPLATE.format(review=record["review"]), str(record["label"])]
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staging_folder(output_dir) as staging:
         (staging / "tokenizer.model").write_bytes(train_vocabulary(texts, vocab_size))
         tokenizer = BaichuanTokenizer(vocab_file=str(staging / "tokenizer.model"))
         torch.manual_seed(seed)
@@ -95,9 +91,6 @@ def build_tiny_base(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return model
 
 

@@ -47,6 +47,17 @@ def barrier() -> None:
         dist.barrier()
 
 
+def leave_process_group() -> None:
+    """All processes leave the process group together, after the last collective (collective).
+
+    A process that exits while another still holds its connections can abort at exit ("terminate called without an
+    active exception", seen with gloo under ZeRO-3).
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _launched() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

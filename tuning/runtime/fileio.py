@@ -1,8 +1,9 @@
-"""Atomic file writes and validated JSONL reading."""
+"""Atomic file and folder writes, and validated JSON / JSONL reading."""
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -51,6 +52,39 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Write to a temporary file beside `path`, then rename it over `path`; on error, leave `path` untouched."""
     with atomic_writers([path], mode) as (handle,):
         yield handle
+
+
+@contextmanager
+def staging_folder(beside: str | Path) -> Iterator[Path]:
+    """A new temporary folder next to `beside` (the same file system, so renames out of it are atomic), removed
+    with whatever is left in it when the block ends."""
+    beside = Path(beside)
+    beside.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{beside.name}.", suffix=".tmp", dir=beside.parent))
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def move_files(source: str | Path, target: str | Path, last: str) -> None:
+    """Rename every file of `source` into `target`, the one named `last` after all the others, so that a reader who
+    waits for `last` finds the rest complete."""
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir(), key=lambda path: path.name == last):
+        os.replace(path, target / path.name)
+
+
+def replace_folder(source: str | Path, target: str | Path) -> None:
+    """Rename the folder `source` to `target`; an existing `target` is moved aside first and removed afterwards."""
+    source, target = Path(source), Path(target)
+    if not target.exists():
+        os.replace(source, target)
+        return
+    with staging_folder(target) as old:
+        os.replace(target, old / target.name)
+        os.replace(source, target)
 
 
 def dump_json(payload: object, handle: IO) -> None:

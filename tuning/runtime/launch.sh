@@ -6,11 +6,12 @@
 #   waimai_device_include    prints DeepSpeed's `--include localhost:<ids>` value for the devices that
 #                            ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES leave visible (the first
 #                            NUM_DEVICES of them when set); prints nothing when the variable is unset
-#   waimai_select_model      exports BASE_MODEL, TRAIN_OUTPUT_DIR and DEMO (0|1): MODEL (default
+#   waimai_select_model      exports BASE_MODEL, TRAIN_OUTPUT_DIR, DEMO (0|1) and LORA (0|1): MODEL (default
 #                            models/Baichuan2-7B-Base) and OUTPUT_DIR (default output/baichuan2-7b-waimai), or,
 #                            when the default MODEL folder does not exist (or DEMO=1), the tiny demo:
 #                            DEMO_BASE_MODEL (default output/demo/tiny-base) and DEMO_OUTPUT_DIR (default
-#                            output/demo/tiny-tuned); an explicit MODEL that does not exist is an error
+#                            output/demo/tiny-tuned); an explicit MODEL that does not exist is an error. With
+#                            USE_LORA=true (LORA=1) the default output folders end in -lora
 #   waimai_ensure_demo_base TRAIN_JSONL
 #                            in the demo, builds the tiny base model from TRAIN_JSONL unless it exists; with
 #                            NODE_RANK set only node 0 builds it and the other machines wait for it
@@ -101,22 +102,36 @@ waimai_device_include() {
     echo "localhost:${chosen// /,}"
 }
 
+# USE_LORA as train.py's --use_lora reads it (true/yes/1, false/no/0, any case; unset: false) -> LORA (1|0).
+waimai_use_lora() {
+    case "${USE_LORA:-}" in
+        [Tt][Rr][Uu][Ee] | [Tt] | [Yy][Ee][Ss] | [Yy] | 1) LORA=1 ;;
+        [Ff][Aa][Ll][Ss][Ee] | [Ff] | [Nn][Oo] | [Nn] | 0 | "") LORA=0 ;;
+        *)
+            echo "error: USE_LORA=${USE_LORA}: expected true or false" >&2
+            return 2 ;;
+    esac
+    export LORA
+}
+
 waimai_select_model() {
-    local model="${MODEL:-models/Baichuan2-7B-Base}"
+    local model="${MODEL:-models/Baichuan2-7B-Base}" suffix=""
     if [ -n "${MODEL:-}" ] && [ "${DEMO:-0}" != 1 ] && [ ! -d "$model" ]; then
         echo "error: MODEL=${model}: no such model folder (unset MODEL to run the tiny demo)" >&2
         return 2
     fi
+    waimai_use_lora || return
+    if [ "$LORA" = 1 ]; then suffix="-lora"; fi  # a LoRA run never continues or overwrites a full one
     if [ "${DEMO:-0}" != 1 ] && [ -d "$model" ]; then
         DEMO=0
         BASE_MODEL="$model"
-        TRAIN_OUTPUT_DIR="${OUTPUT_DIR:-output/baichuan2-7b-waimai}"
+        TRAIN_OUTPUT_DIR="${OUTPUT_DIR:-output/baichuan2-7b-waimai${suffix}}"
     else
         local reason="No Baichuan2 model at MODEL=${model}"
         if [ "${DEMO:-0}" = 1 ]; then reason="DEMO=1"; fi
         DEMO=1
         BASE_MODEL="${DEMO_BASE_MODEL:-output/demo/tiny-base}"
-        TRAIN_OUTPUT_DIR="${DEMO_OUTPUT_DIR:-output/demo/tiny-tuned}"
+        TRAIN_OUTPUT_DIR="${DEMO_OUTPUT_DIR:-output/demo/tiny-tuned${suffix}}"
         cat <<EOF
 ======================================================================
  ${reason}: running the tiny demo instead.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainingArguments
+from transformers.integrations import unset_hf_deepspeed_config
 
 from transformers_modify.step_metrics import StepMetricsCallback, peak_bf16_flops, training_flops_per_token
 from transformers_modify.training_args import adapt_to_device
@@ -33,6 +34,7 @@ from tuning.runtime.devices import (
 )
 from tuning.runtime.distributed import (
     decided_by_main,
+    leave_process_group,
     local_rank,
     max_over_processes,
     note,
@@ -42,8 +44,10 @@ from tuning.runtime.distributed import (
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import sha256_of, write_json
 from tuning.train.curves import plot_curves
+from tuning.train.lora import add_lora, parameter_counts, save_adapter, save_merged_model
 from tuning.train.recipe import (
     DataArguments,
+    LoraArguments,
     Recipe,
     build_training_arguments,
     eval_steps_for,
@@ -63,18 +67,20 @@ from tuning.train.trainer import LabelAccuracy, WaimaiTrainer
 
 EVAL_KEYS = ("eval_loss", "eval_accuracy", "eval_macro_f1")  # reported in train_summary.json
 DESCRIPTION = (
-    "Full-parameter fine-tuning of a Baichuan2 model (Hugging Face Trainer; bf16 + DeepSpeed ZeRO on Ascend NPUs "
-    "and NVIDIA GPUs, fp32 on a CPU) to answer 积极 or 消极 after a food-delivery review. Each example is "
-    "[user] + '{review} -> ' + [assistant] + answer + [eos], with the loss on the answer only. "
-    "Usage: python train.py [RECIPE.yaml] [--flag value ...]: the recipe file (default configs/baichuan2_7b.yaml) "
-    "sets the run, flags override it; the defaults shown below are the recipe's. Usually started by "
-    "`bash ds_run_bf16.sh`; every TrainingArguments flag is accepted too. Re-running the same command continues "
-    "from the latest complete checkpoint."
+    "Full-parameter fine-tuning of a Baichuan2 model, or LoRA fine-tuning with --use_lora true (Hugging Face "
+    "Trainer; bf16 + DeepSpeed ZeRO on Ascend NPUs and NVIDIA GPUs, fp32 on a CPU) to answer 积极 or 消极 after a "
+    "food-delivery review. Each example is [user] + '{review} -> ' + [assistant] + answer + [eos], with the loss on "
+    "the answer only. Usage: python train.py [RECIPE.yaml] [--flag value ...]: the recipe file (default "
+    "configs/baichuan2_7b.yaml, or configs/baichuan2_7b_lora.yaml with --use_lora true) sets the run, flags "
+    "override it; the defaults shown below are the recipe's. Usually started by `bash ds_run_bf16.sh`; every "
+    "TrainingArguments flag is accepted too. Re-running the same command continues from the latest complete "
+    "checkpoint."
 )
 
 
-def run_identity(model_dir: Path, data: DataArguments) -> dict:
-    """What makes two runs the same run: model, data and encoding (hyperparameters may change on resume)."""
+def run_identity(model_dir: Path, data: DataArguments, lora: LoraArguments) -> dict:
+    """What makes two runs the same run: model, data, encoding and the adapter's shape (hyperparameters may change
+    on resume)."""
     return {
         "model": str(model_dir.resolve()),
         "model_config_sha256": sha256_of(model_dir / "config.json"),
@@ -84,6 +90,7 @@ def run_identity(model_dir: Path, data: DataArguments) -> dict:
         "model_max_length": data.model_max_length,
         "prompt_template": data.prompt_template,
         "label_words": data.label_words,
+        "lora": lora.identity(),  # None for full fine-tuning, as in manifests written before LoRA existed
     }
 
 
@@ -168,9 +175,13 @@ def build_trainer(
     train_split, eval_split = inputs.train_split, inputs.eval_split
 
     # Under DeepSpeed the weights stay in the compute dtype (bf16/fp16: half the host memory, fp32 master copies live
-    # in the optimizer); the plain Trainer keeps fp32 weights and autocasts.
-    dtype = compute_dtype(device, args.bf16, args.fp16) if args.deepspeed else torch.float32
+    # in the optimizer); the plain Trainer keeps fp32 weights and autocasts, except LoRA's frozen base, which needs
+    # no fp32 copy (its adapter is fp32).
+    use_lora = recipe.lora.use_lora
+    dtype = compute_dtype(device, args.bf16, args.fp16) if args.deepspeed or use_lora else torch.float32
     model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
+    if use_lora:
+        model = add_lora(model, recipe.lora, bool(args.activation_checkpointing))
     label_accuracy = None
     if eval_split is not None:
         label_accuracy = LabelAccuracy(
@@ -211,6 +222,7 @@ def resolved_config(recipe: Recipe, args: TrainingArguments, device: Device) -> 
         "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
         "model": dataclasses.asdict(recipe.model),
         "data": dataclasses.asdict(recipe.data),
+        "lora": dataclasses.asdict(recipe.lora),
         "training": args.to_dict(),
     }
 
@@ -230,11 +242,15 @@ def run_summary(
     real_tokens, all_tokens = trainer.token_totals()
     peak_device = peak_memory_bytes(device)
     runtime = train_metrics["train_runtime"]
+    trainable, total = parameter_counts(trainer.model)
     return {
         "model": model,
         "device": device.kind,
         "processes": args.world_size,
         "precision": precision_of(args),
+        "use_lora": recipe.lora.use_lora,
+        "trainable_parameters": trainable,  # LoRA: the adapter's; full fine-tuning: all of them
+        "total_parameters": total,  # LoRA: the base model's and the adapter's
         "padding": recipe.data.padding,
         "logits_at_labels_only": trainer.logits_at_labels_only,
         "resumed_from": resumed_from,
@@ -259,7 +275,7 @@ def train(recipe: Recipe, started: float) -> int:
     flags = recipe.training
     output_dir = Path(flags.output_dir)
     model_dir = check_model_dir(recipe.model.model_name_or_path)
-    identity = run_identity(model_dir, recipe.data)
+    identity = run_identity(model_dir, recipe.data, recipe.lora)
     device = detect_device(local_rank())  # binds this rank's card before anything queries one
     prepare_device(device, local_rank())
     inputs = prepare_inputs(recipe, model_dir, device)
@@ -285,12 +301,19 @@ def train(recipe: Recipe, started: float) -> int:
     result = trainer.train(resume_from_checkpoint=resume)
     eval_metrics = final_eval_metrics(trainer) if eval_split else {}
     trainer.model.config.use_cache = True  # the Trainer turns the cache off for training; the saved model wants it
-    trainer.save_model(args.output_dir)
+    if recipe.lora.use_lora:
+        adapter_dir = save_adapter(trainer, output_dir)
+    else:
+        trainer.save_model(args.output_dir)
     trainer.save_state()
 
     summary = run_summary(trainer, result.metrics, identity["model"], device, recipe, train_split, eval_split, resume)
-    summary |= {"wall_time_s": time.perf_counter() - started} | {key: eval_metrics.get(key) for key in EVAL_KEYS}
+    leave_process_group()
     if trainer.is_world_process_zero():
+        if recipe.lora.use_lora:  # after the last collective: the other processes need not wait for it
+            unset_hf_deepspeed_config()  # else under ZeRO-3 the base would load partitioned over the processes
+            save_merged_model(model_dir, adapter_dir, output_dir)
+        summary |= {"wall_time_s": time.perf_counter() - started} | {key: eval_metrics.get(key) for key in EVAL_KEYS}
         write_json(output_dir / SUMMARY_NAME, summary)
         plot_curves(trainer.state.log_history, output_dir / CURVES_NAME)
         accuracy = summary["eval_accuracy"]
@@ -298,7 +321,7 @@ def train(recipe: Recipe, started: float) -> int:
             f"done: {summary['global_step']} steps in {summary['wall_time_s']:.0f} s, "
             f"{summary['samples_per_second']:.1f} samples/s"
             + (f", eval accuracy {accuracy:.4f}" if accuracy is not None else "")
-            + f"; model and {SUMMARY_NAME} in {output_dir}",
+            + f"; {'merged model, adapter/' if recipe.lora.use_lora else 'model'} and {SUMMARY_NAME} in {output_dir}",
             flush=True,
         )
     return 0

@@ -4,11 +4,17 @@ Files train.py writes in OUTPUT_DIR:
 - run_manifest.json: what makes two runs the same run (model, data, encoding); a folder holding another run is
   refused, and a re-run of the same run continues from its latest complete checkpoint. It also records the run's
   shape (processes, ZeRO stage, precision): DeepSpeed's checkpoints resume only with the same shape;
-- run_config.json: every setting's final value (`{"recipe", "model", "data", "training"}`); run_test.py and
+- run_config.json: every setting's final value (`{"recipe", "model", "data", "lora", "training"}`); run_test.py and
   predict.py read the prompt settings from it;
-- train_summary.json, training_curves.png, checkpoint-N/ folders and the final model.
+- train_summary.json, training_curves.png, checkpoint-N/ folders and the final model. A LoRA run's checkpoints
+  hold the adapter (adapter_config.json, adapter_model.safetensors); its final model is the merged one, with the
+  adapter alone in adapter/.
+
+ds_run_bf16.sh names the folder: output/baichuan2-7b-waimai (the 7B) or output/demo/tiny-tuned (the CPU demo), with
+`-lora` appended for LoRA runs (USE_LORA=true), so that a LoRA run never continues or overwrites a full one.
 """
 
+import os
 import re
 import secrets
 import socket
@@ -16,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuning.model.files import missing_model_files
+from tuning.model.files import missing_adapter_files, missing_model_files
 from tuning.runtime.distributed import broadcast_from_main, gather_from_all, global_rank, is_main_process
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import read_json
@@ -28,6 +34,11 @@ CURVES_NAME = "training_curves.png"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 SHAPE_KEYS = ("world_size", "zero_stage", "precision")
 SHARED_CHECK_WAIT_S = 10.0  # how long a process waits to see rank 0's file (network file systems cache lookups)
+ADAPTER_DIR = "adapter"  # a LoRA run's adapter alone, beside the merged model
+LORA_SUFFIX = "-lora"
+# USE_LORA's values, as train.py's --use_lora reads them
+TRUE_WORDS, FALSE_WORDS = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0", "")
+
 
 def missing_deepspeed_files(folder: str | Path) -> list[str]:
     """What a DeepSpeed checkpoint lacks: DeepSpeed writes `latest` (naming the global_step folder) after the states.
@@ -46,10 +57,13 @@ def missing_deepspeed_files(folder: str | Path) -> list[str]:
 
 
 def is_complete_checkpoint(folder: Path) -> bool:
-    """The Trainer writes trainer_state.json last, so its presence marks a finished save (and DeepSpeed's states)."""
+    """The Trainer writes trainer_state.json last, so its presence marks a finished save (and DeepSpeed's states).
+
+    The weights are a model's, or a LoRA run's adapter.
+    """
     return (
         (folder / "trainer_state.json").is_file()
-        and not missing_model_files(folder)
+        and (not missing_model_files(folder) or not missing_adapter_files(folder))
         and not missing_deepspeed_files(folder)
     )
 
@@ -70,6 +84,16 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return None
 
 
+def _shown(key: str, value: object) -> str:
+    """An identity value for an error message; `lora` is None for full fine-tuning (manifests older than LoRA)."""
+    if key != "lora":
+        return repr(value)
+    if value is None:
+        return "full fine-tuning"
+    return "LoRA " + ", ".join(f"{name} {','.join(item) if isinstance(item, list) else item}"
+                               for name, item in value.items())
+
+
 def check_output_dir(output_dir: Path, identity: dict) -> None:
     """Refuse a folder that holds another run: a different manifest, or files but no manifest (logs aside)."""
     manifest = output_dir / MANIFEST_NAME
@@ -78,8 +102,8 @@ def check_output_dir(output_dir: Path, identity: dict) -> None:
         for key, value in identity.items():
             if recorded.get(key) != value:
                 raise DataError(
-                    f"{output_dir} holds another run ({key}: {recorded.get(key)!r} there, {value!r} now); "
-                    "choose another --output_dir"
+                    f"{output_dir} holds another run ({key}: {_shown(key, recorded.get(key))} there, "
+                    f"{_shown(key, value)} now); choose another --output_dir"
                 )
     elif output_dir.is_dir():
         foreign = sorted(path.name for path in output_dir.iterdir() if path.suffix != ".log")
@@ -184,7 +208,8 @@ def run_folder_of(model_dir: str | Path) -> Path:
 
 
 def tuned_model_in(run_dir: str | Path) -> Path:
-    """The final model saved in a training run folder, else its latest complete `checkpoint-N`."""
+    """The final model saved in a training run folder (a LoRA run's merged model), else its latest complete
+    `checkpoint-N` that holds a model."""
     run_dir = Path(run_dir)
     if not missing_model_files(run_dir):
         return run_dir
@@ -194,7 +219,27 @@ def tuned_model_in(run_dir: str | Path) -> Path:
             f"{run_dir}: no final model and no complete checkpoint-N folder "
             "(train one first with `bash ds_run_bf16.sh`)"
         )
+    if missing_model_files(checkpoint):
+        raise DataError(
+            f"{run_dir}: no merged model yet, and {checkpoint.name} holds only a LoRA adapter: run the same training "
+            f"command again to finish, or merge it with `python -m tuning.train.lora --base_model BASE --adapter "
+            f"{checkpoint} --output_dir DIR`"
+        )
     return checkpoint
+
+
+def use_lora_from_environment() -> bool:
+    """USE_LORA as the launchers read it: true/yes/1 or false/no/0 (any case); unset or empty is false."""
+    value = os.environ.get("USE_LORA", "")
+    if value.lower() not in TRUE_WORDS + FALSE_WORDS:
+        raise DataError(f"USE_LORA={value}: expected true or false")
+    return value.lower() in TRUE_WORDS
+
+
+def lora_run(run_dir: Path) -> Path:
+    """The output folder ds_run_bf16.sh gives the LoRA run of a recipe whose full run writes to `run_dir`."""
+    return run_dir.with_name(run_dir.name + LORA_SUFFIX)
+
 
 
 def recorded_run_config(model_dir: str | Path) -> tuple[Path, dict] | None:
