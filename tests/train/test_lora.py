@@ -214,8 +214,8 @@ def test_another_adapter_setting_never_continues_a_run(lora_run, tmp_path, capsy
     flags = [*flags[: flags.index("--output_dir") + 1], str(run), *flags[flags.index("--output_dir") + 2:], *change]
     capsys.readouterr()
     assert main(flags) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {run} ") and message in err and "\n" not in err
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {run} ") and message in errors[0]
     assert (run / SUMMARY_NAME).read_bytes() == summary
 
 
