@@ -171,7 +171,7 @@ def test_copied_files_work_as_remote_code(reference_dir, cases, tmp_path):
         "import sys, torch; from transformers import AutoModelForCausalLM; from safetensors.torch import load_file\n"
         f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
         f"c = load_file({str(reference_dir / 'cases.safetensors')!r})\n"
-        "assert 'waimai' not in sys.modules\n"
+        "assert 'tuning' not in sys.modules\n"
         "with torch.no_grad(): out = m(input_ids=c['input_ids'], attention_mask=c['attention_mask']).logits\n"
         "torch.testing.assert_close(out, c['logits_eval'], rtol=1e-5, atol=1e-5); print(type(m).__name__)\n"
     )
