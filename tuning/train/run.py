@@ -287,6 +287,7 @@ def train(recipe: Recipe, started: float) -> int:
     )
     if plan.finished:
         note(plan.finished)
+        leave_process_group()  # the resume decision was the last collective
         return 0
     resume = plan.checkpoint
     trainer, train_split, eval_split = build_trainer(recipe, model_dir, device, inputs)
