@@ -179,6 +179,33 @@ def test_undecodable_file_is_refused(tmp_path, raw, message):
         build_dataset(csv_path)
 
 
+def mixed_encoding_csv(bom: bytes = b"") -> bytes:
+    """Six UTF-8 reviews, then one line in Latin-1 (which as a whole happens to decode as GB18030)."""
+    utf8 = balanced_csv(3).encode("utf-8")
+    return bom + utf8 + "1,Crème brûlée was great\n".encode("latin-1")
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+def test_a_utf8_file_with_one_line_in_another_encoding_is_refused_at_that_line(tmp_path, bom):
+    raw = mixed_encoding_csv(bom)
+    raw.decode("gb18030")  # what made the whole file pass as GB18030, every review garbled
+    csv_path = tmp_path / "in.csv"
+    csv_path.write_bytes(raw)
+    with pytest.raises(DataError) as error:
+        build_dataset(csv_path)
+    assert str(error.value) == (f"{csv_path}: line 8: not UTF-8 text (byte 0xe8), unlike the rest of the file; "
+                                "save the file as UTF-8")
+
+
+@pytest.mark.parametrize("header", ["label,review,label", "label,review,Label ", "review,label,REVIEW"])
+def test_a_column_named_twice_is_refused(tmp_path, header):
+    csv_path = write_csv(tmp_path / "in.csv", header + "\n" + "\n".join(f"1,好吃{i},0" for i in range(4)) + "\n")
+    column = header.split(",")[0]
+    with pytest.raises(DataError) as error:
+        build_dataset(csv_path)
+    assert str(error.value) == f"{csv_path}: column {column!r} appears 2 times in the header (columns 1, 3); keep one"
+
+
 def test_too_large_train_size_names_the_flags(tmp_path):
     csv_path = write_csv(tmp_path / "in.csv", balanced_csv())
     with pytest.raises(DataError, match="change --train_size/--eval_ratio"):

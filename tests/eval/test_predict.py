@@ -201,6 +201,11 @@ BAD_INPUTS = {
     "neither UTF-8 nor GB18030": (
         "--input", "{tmp}/binary.csv", "error: {tmp}/binary.csv: line 2: neither UTF-8 nor GB18030 text (byte 0xff)"),
     "UTF-16 text": ("--input", "{tmp}/utf16.txt", "error: {tmp}/utf16.txt: the file is UTF-16"),
+    "a UTF-8 file with one Latin-1 line": (
+        "--input", "{tmp}/mixed.txt", "error: {tmp}/mixed.txt: line 3: not UTF-8 text (byte 0xe8), unlike the rest"),
+    "csv with the review column twice": (
+        "--input", "{tmp}/twice.csv",
+        "error: {tmp}/twice.csv: column 'review' appears 2 times in the header (columns 1, 2); keep one"),
     "JSONL not in UTF-8": (
         "--input", "{tmp}/gbk.jsonl", "error: --input {tmp}/gbk.jsonl: line 1: not UTF-8 text (byte 0xba)"),
     "JSONL without review": ("--input", "{tmp}/other.jsonl", "error: {tmp}/other.jsonl:1: missing key(s) review"),
@@ -221,6 +226,8 @@ def bad_files(trained, tmp_path) -> Path:
     (tmp_path / "columns.csv").write_text("id,text\n1,好吃\n", encoding="utf-8")
     (tmp_path / "binary.csv").write_bytes(b"review\n\xff\xfe\xfd\n")
     (tmp_path / "utf16.txt").write_bytes("好吃\n".encode("utf-16"))
+    (tmp_path / "mixed.txt").write_bytes("好吃\n太慢了\n".encode() + "Crème brûlée was great\n".encode("latin-1"))
+    (tmp_path / "twice.csv").write_text("review,Review\n好吃,难吃\n", encoding="utf-8")
     (tmp_path / "gbk.jsonl").write_bytes('{"review": "好吃"}\n'.encode("gbk"))
     (tmp_path / "other.jsonl").write_text('{"text": "好吃"}\n', encoding="utf-8")
     (tmp_path / "reviews.xlsx").write_bytes(b"PK")

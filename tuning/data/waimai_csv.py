@@ -23,6 +23,7 @@ WAIMAI_SHA256 = "b8b5c11c00b51578d35937fca56e03a126b45381f1ea4b22893237cb377a26f
 COLUMNS = ("label", "review")
 SMALL_FILE_EVAL_RATIO = 0.2  # the original recipe: 80% train when there are no more rows than --train_size
 OUTPUT_FILES = ("train.jsonl", "eval.jsonl", "stats.json")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -65,20 +66,40 @@ def fetch_csv(dest: str | Path, url: str = DOWNLOAD_URL, sha256: str = WAIMAI_SH
 
 
 def decode_csv(path: Path, raw: bytes) -> tuple[str, str]:
-    """The file's text and encoding: UTF-8 (with or without BOM), else GB18030 (which also reads GBK and GB2312)."""
+    """The file's text and encoding: UTF-8 (with or without BOM), else GB18030 (which also reads GBK and GB2312).
+
+    A file with a BOM, or whose non-ASCII lines are mostly UTF-8, is UTF-8: a line that is not is an error naming it.
+    GB18030 decodes almost any bytes, so reading such a file as GB18030 would garble every review without an error.
+    """
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{path}: the file is UTF-16; save it as UTF-8 CSV")
+    has_bom = raw.startswith(UTF8_BOM)
+    body = raw[len(UTF8_BOM):] if has_bom else raw
     try:
-        if raw.startswith(b"\xef\xbb\xbf"):
-            return raw[3:].decode("utf-8"), "utf-8 (BOM)"
-        return raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError as utf8_error:
-        try:
-            return raw.decode("gb18030"), "gb18030"
-        except UnicodeDecodeError:
-            line = raw[: utf8_error.start].count(b"\n") + 1
-            raise DataError(f"{path}: line {line}: neither UTF-8 nor GB18030 text "
-                            f"(byte 0x{raw[utf8_error.start]:02x}); save the file as UTF-8") from None
+        return body.decode("utf-8"), "utf-8 (BOM)" if has_bom else "utf-8"
+    except UnicodeDecodeError as error:
+        line = body[: error.start].count(b"\n") + 1
+        where, byte = f"{path}: line {line}", f"byte 0x{body[error.start]:02x}"
+    if has_bom or _mostly_utf8(body):
+        raise DataError(f"{where}: not UTF-8 text ({byte}), unlike the rest of the file; save the file as UTF-8")
+    try:
+        return body.decode("gb18030"), "gb18030"
+    except UnicodeDecodeError:
+        raise DataError(f"{where}: neither UTF-8 nor GB18030 text ({byte}); save the file as UTF-8") from None
+
+
+def _mostly_utf8(raw: bytes) -> bool:
+    """At least half of the lines with non-ASCII bytes are valid UTF-8 (GBK text almost never is)."""
+    non_ascii = [line for line in raw.split(b"\n") if not line.isascii()]
+    return 2 * sum(_is_utf8(line) for line in non_ascii) >= len(non_ascii)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def clean_review(text: str) -> str:
@@ -131,8 +152,8 @@ def read_rows(path: str | Path) -> tuple[list[Row], dict]:
 def csv_records(path: Path, text: str, columns: tuple[str, ...]) -> Iterator[tuple[int, list[str]]]:
     """(line number, the fields of `columns`) for each non-blank row; header names match in any case and spacing.
 
-    A missing column (the columns found are listed), a row with another field count than the header or bad quoting
-    is a DataError naming the file and line.
+    A missing column (the columns found are listed), a column named twice, a row with another field count than the
+    header or bad quoting is a DataError naming the file and line.
     """
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
@@ -142,6 +163,11 @@ def csv_records(path: Path, text: str, columns: tuple[str, ...]) -> Iterator[tup
         if missing:
             found = ", ".join(repr(name) for name in header)
             raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found columns: {found}")
+        for column in columns:
+            places = [str(place) for place, name in enumerate(names, start=1) if name == column]
+            if len(places) > 1:
+                raise DataError(f"{path}: column {column!r} appears {len(places)} times in the header (columns "
+                                f"{', '.join(places)}); keep one")
         positions = [names.index(column) for column in columns]
         line = reader.line_num + 1
         for fields in reader:
