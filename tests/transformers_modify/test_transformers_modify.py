@@ -120,13 +120,18 @@ def test_bf16_on_an_accelerator_without_it_becomes_fp16_with_a_note():
     notes = adapt_to_device(values, "cuda", native_bf16=False)
     assert (values["bf16"], values["fp16"]) == (False, True)
     assert notes == ["this cuda device has no native bf16: training in fp16 with loss scaling "
-                     "(BF16=false FP16=true bash ds_run_bf16.sh says so yourself)"]
+                     "(`bash ds_run_bf16.sh --bf16 false --fp16 true` says so yourself)"]
 
 
-def test_fused_adamw_is_torch_npus_on_the_npu():
-    values = _values()
-    adapt_to_device(values, "npu", native_bf16=True)
-    assert values["optim"] == "adamw_torch_npu_fused"
-    values = _values()
-    adapt_to_device(values, "cuda", native_bf16=True)
-    assert values["optim"] == "adamw_torch_fused"
+def test_the_recipes_fused_adamw_is_torchs_on_every_device():
+    for kind in ("npu", "cuda", "cpu"):
+        values = _values()
+        adapt_to_device(values, kind, native_bf16=True)
+        assert values["optim"] == "adamw_torch_fused"
+
+
+def test_torch_npus_fused_adamw_is_refused_in_one_line():
+    with pytest.raises(ValueError) as error:
+        adapt_to_device(_values(optim="adamw_torch_npu_fused"), "npu", native_bf16=True)
+    assert "\n" not in str(error.value) and "KeyError 'step' under ZeRO" in str(error.value)
+    assert "use adamw_torch_fused" in str(error.value)
