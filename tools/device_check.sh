@@ -45,7 +45,7 @@ if [ -n "$missing" ]; then
     source_args=()
     if [ -n "${WHEELS:-}" ]; then source_args=(--no-index --find-links "$WHEELS"); fi
     # The machine's torch satisfies deepspeed's and transformers' torch requirement: it is never replaced.
-    "$SCRATCH/bin/python" -m pip install --quiet "${source_args[@]}" -r <(requirements_without_torch)
+    "$SCRATCH/bin/python" -m pip install --quiet ${source_args[@]+"${source_args[@]}"} -r <(requirements_without_torch)
     PYTHON="$SCRATCH/bin/python"
     export PATH="$(cd "$SCRATCH/bin" && pwd):$PATH"
     missing="$("$PYTHON" -c 'from transformers_modify.versions import version_problems; print("; ".join(version_problems()))')"

@@ -139,12 +139,11 @@ run_tests() {
 collect_wheels() {
     [ -n "${WHEELS:-}" ] || fail "set WHEELS to the folder to fill, e.g. \`make wheels WHEELS=wheels\`"
     local python platform deepspeed requirements
-    local -a target
     python="$(base_python)"
     # pip takes each platform tag literally: a glibc 2.28 machine also runs manylinux_2_27 ... manylinux2014 wheels.
     local arch="${WHEEL_ARCH:-$(uname -m)}"
     platform="${WHEEL_PLATFORM:-$(for minor in $(seq 28 -1 17); do printf 'manylinux_2_%s_%s ' "$minor" "$arch"; done)manylinux2014_$arch}"
-    target=(--only-binary=:all: --python-version "${WHEEL_PYTHON:-3.11}" --implementation cp)
+    local -a target=(--only-binary=:all: --python-version "${WHEEL_PYTHON:-3.11}" --implementation cp)
     local tag
     for tag in $platform; do target+=(--platform "$tag"); done
     mkdir -p "$WHEELS"

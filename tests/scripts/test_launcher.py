@@ -5,13 +5,18 @@ the device probe where the test needs an NPU or GPU machine. No training runs he
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-RECORDED_ENV = ("DS_ACCELERATOR", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "PYTORCH_NPU_ALLOC_CONF",
+RECIPE_VARIABLES = ("LR", "EPOCHS", "BATCH_SIZE", "GLOBAL_BATCH_SIZE", "GRAD_ACCUM", "MAX_LENGTH", "GRADIENT_CHECKPOINTING",
+                    "EVAL_BATCH_SIZE", "LOGGING_STEPS", "WARMUP_RATIO", "WEIGHT_DECAY", "LR_SCHEDULER", "PADDING",
+                    "SAVE_STRATEGY", "EVAL_STRATEGY", "BF16", "FP16", "TF32", "SEED", "LORA_RANK", "LORA_ALPHA",
+                    "LORA_DROPOUT", "LORA_TARGET")
+RECORDED_ENV = ("DS_ENV_FILE", "DS_ACCELERATOR", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "PYTORCH_NPU_ALLOC_CONF",
                 "PYTORCH_CUDA_ALLOC_CONF", "ASCEND_RT_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "FAKE_CANN")
 
 
@@ -28,23 +33,27 @@ def machine(tmp_path):
     bin_dir.mkdir()
     record.mkdir()
     lines = "".join(f'echo "{name}=${{{name}-<unset>}}" >>"{record}/deepspeed.env"\n' for name in RECORDED_ENV)
-    _write_script(bin_dir / "deepspeed", f'printf "%s\\n" "$@" >"{record}/deepspeed.args"\n' + lines)
-    # the probe prints FAKE_DEVICE ("<kind> <count> <backend> <bf16>") and records how it was started
-    probe = _write_script(tmp_path / "probe-python", f'echo "$* AUTOLOAD=${{TORCH_DEVICE_BACKEND_AUTOLOAD-}}" '
+    _write_script(bin_dir / "deepspeed", f'printf "%s\\n" "$@" >"{record}/deepspeed.args"\n' + lines +
+                  f'if [ -n "${{DS_ENV_FILE:-}}" ]; then cp "$DS_ENV_FILE" "{record}/deepspeed_env"; fi\n')
+    # the probe prints FAKE_DEVICE ("<kind> <count> <backend> <bf16>") and records how it was started; other calls
+    # (the launcher's free-port query) go to the real interpreter
+    probe = _write_script(tmp_path / "probe-python", f'if [ "$1" != -m ]; then exec "{sys.executable}" "$@"; fi\n'
+                                                     f'echo "$* AUTOLOAD=${{TORCH_DEVICE_BACKEND_AUTOLOAD-}}" '
                                                      f'>>"{record}/probe"\necho "$FAKE_DEVICE"\n')
     (tmp_path / "train.jsonl").write_text('{"review": "好吃", "label": "积极"}\n', encoding="utf-8")
     (tmp_path / "model").mkdir()
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(probe),
            "HOME": str(tmp_path / "home"), "MODEL": str(tmp_path / "model"), "OUTPUT_DIR": str(tmp_path / "out"),
            "TRAIN_DATA": str(tmp_path / "train.jsonl"), "FAKE_DEVICE": "npu 8 hccl 1"}
-    for name in (*RECORDED_ENV, "WAIMAI_DEVICE", "NUM_DEVICES", "HOSTFILE", "NODE_RANK", "MASTER_ADDR", "DEMO",
-                 "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "USE_LORA", "DS_CONFIG", "CONFIG"):
+    for name in (*RECORDED_ENV, *RECIPE_VARIABLES, "WAIMAI_DEVICE", "NUM_DEVICES", "HOSTFILE", "NODE_RANK",
+                 "MASTER_ADDR", "MASTER_PORT", "DEMO", "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "USE_LORA", "DS_CONFIG",
+                 "CONFIG", "DS_ENV_FILE", "OMP_NUM_THREADS", "BAICHUAN_NPU_FUSED_KERNELS"):
         env.pop(name, None)
     return {"env": env, "record": record, "root": tmp_path}
 
 
-def _launch(repo_root: Path, machine: dict, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "ds_run_bf16.sh"], cwd=repo_root, env={**machine["env"], **env},
+def _launch(repo_root: Path, machine: dict, *args: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "ds_run_bf16.sh", *args], cwd=repo_root, env={**machine["env"], **env},
                           capture_output=True, text=True, timeout=120)
 
 
@@ -137,12 +146,12 @@ def _train_args(machine: dict) -> list[str]:
 
 
 def test_use_lora_trains_the_7b_on_one_device_with_the_lora_recipe(repo_root, machine):
-    result = _launch(repo_root, machine, USE_LORA="true", LORA_RANK="16")
+    result = _launch(repo_root, machine, "--lora_rank", "16", USE_LORA="true")
     assert result.returncode == 0, result.stderr
     args, train = _launcher_args(machine), _train_args(machine)
     assert args[args.index("--num_gpus") + 1] == "1"  # of the machine's 8 NPUs
     assert train[0] == "configs/baichuan2_7b_lora.yaml"
-    assert train[train.index("--use_lora") + 1] == "true" and train[train.index("--lora_rank") + 1] == "16"
+    assert train[train.index("--use_lora") + 1] == "true" and train[-2:] == ["--lora_rank", "16"]
     assert "--deepspeed" not in train  # the recipe's: no ZeRO on one device
     result = _launch(repo_root, machine, USE_LORA="TRUE", NUM_DEVICES="8", DS_CONFIG="ds_config_bf16.json")
     assert result.returncode == 0, result.stderr
@@ -233,3 +242,161 @@ def test_device_check_on_a_machine_without_an_accelerator_stops_before_anything_
     assert result.returncode == 2  # the pinned set passed the version check; the device did not
     assert result.stderr.strip() == "error: no NPU or GPU found (torch sees only the CPU); this check needs one"
     assert set((repo_root / "output").glob("device_check/*")) == before
+
+
+def test_a_hyperparameter_in_the_environment_is_an_error_naming_the_flag(repo_root, machine):
+    """LR=2e-5 used to override the recipe; now it would be silently ignored, so it stops the launch in one line."""
+    result = _launch(repo_root, machine, LR="2e-5", EPOCHS="2")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: LR=2e-5 EPOCHS=2: hyperparameters are not read from the environment; pass them as flags after the "
+        "script (`bash ds_run_bf16.sh --learning_rate 2e-5 --num_train_epochs 2`) or set them in the recipe file "
+        "(CONFIG)"]
+    assert not (machine["record"] / "deepspeed.args").exists()
+    assert _launch(repo_root, machine, "--learning_rate", "2e-5").returncode == 0
+    assert _train_args(machine)[-2:] == ["--learning_rate", "2e-5"]
+
+
+def _master_port(machine: dict) -> str:
+    args = _launcher_args(machine)
+    return args[args.index("--master_port") + 1]
+
+
+def test_two_runs_on_one_machine_get_free_ports_and_clusters_keep_theirs(repo_root, machine):
+    """Two users, or the demo beside a real run: both took 29500 and the second died with EADDRINUSE."""
+    runs = []
+    for index in range(2):
+        record = machine["root"] / f"record-{index}"
+        record.mkdir()
+        stub = machine["root"] / "bin" / "deepspeed"
+        env = {**machine["env"], "OUTPUT_DIR": str(machine["root"] / f"out-{index}")}
+        script = stub.read_text(encoding="utf-8").replace(str(machine["record"]), str(record))
+        bin_dir = machine["root"] / f"bin-{index}"
+        bin_dir.mkdir()
+        _write_script(bin_dir / "deepspeed", script.removeprefix("#!/usr/bin/env bash\n"))
+        env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+        runs.append((record, subprocess.Popen(["bash", "ds_run_bf16.sh"], cwd=repo_root, env=env, text=True,
+                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+    ports = []
+    for record, run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        args = (record / "deepspeed.args").read_text(encoding="utf-8").splitlines()
+        ports.append(int(args[args.index("--master_port") + 1]))
+    assert ports[0] != ports[1] and 29500 not in ports
+    assert _launch(repo_root, machine, MASTER_PORT="29611").returncode == 0 and _master_port(machine) == "29611"
+    hostfile = machine["root"] / "hostfile"
+    hostfile.write_text("nodeA slots=8\nnodeB slots=8\n", encoding="utf-8")
+    assert _launch(repo_root, machine, HOSTFILE=str(hostfile)).returncode == 0 and _master_port(machine) == "29500"
+
+
+@pytest.mark.parametrize("kind, variable", [("npu", "ASCEND_RT_VISIBLE_DEVICES"), ("cuda", "CUDA_VISIBLE_DEVICES")])
+def test_with_a_hostfile_visible_devices_are_the_devices_used_on_every_machine(repo_root, machine, kind, variable):
+    """DeepSpeed ignores the variable with a hostfile and starts ranks on slots 0..n-1: devices 4-7 ran on 0-3."""
+    hostfile = machine["root"] / "hostfile"
+    hostfile.write_text("# two machines\nnodeA slots=8\n\nnodeB slots=8\n", encoding="utf-8")
+    device = f"{kind} 8 {'hccl' if kind == 'npu' else 'nccl'} 1"
+    result = _launch(repo_root, machine, FAKE_DEVICE=device, HOSTFILE=str(hostfile), **{variable: "4,5,6,7"})
+    assert result.returncode == 0, result.stderr
+    args = _launcher_args(machine)
+    assert args[args.index("--include") + 1] == "nodeA:4,5,6,7@nodeB:4,5,6,7" and "--num_gpus" not in args
+    assert _launch(repo_root, machine, FAKE_DEVICE=device, HOSTFILE=str(hostfile), NUM_DEVICES="2", NODE_RANK="1",
+                   MASTER_ADDR="10.0.0.1", **{variable: "4,5,6,7"}).returncode == 0
+    args = _launcher_args(machine)
+    assert args[args.index("--include") + 1] == "nodeA:4,5@nodeB:4,5" and "--no_ssh" in args
+    hostfile.write_text("nodeA slots=8\nnodeB slots=4\n", encoding="utf-8")
+    (machine["record"] / "deepspeed.args").unlink()
+    result = _launch(repo_root, machine, FAKE_DEVICE=device, HOSTFILE=str(hostfile), **{variable: "4,5,6,7"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {variable}=4,5,6,7 but {hostfile} says `nodeB slots=4`: slots counts all devices of a machine "
+        "(0..slots-1), so device 7 needs slots=8 or more"]
+    assert not (machine["record"] / "deepspeed.args").exists()
+
+
+def test_a_missing_hostfile_is_an_error_not_a_run_on_this_machine_alone(repo_root, machine):
+    result = _launch(repo_root, machine, HOSTFILE=str(machine["root"] / "hostfiel"))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: HOSTFILE={machine['root'] / 'hostfiel'}: file not found"]
+
+
+def _forwarded(text: str) -> dict:
+    """DeepSpeed's reading of a .deepspeed_env file: KEY=value lines, a later line winning."""
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def test_with_a_hostfile_and_ssh_the_settings_reach_every_machine_through_deepspeed_env(repo_root, machine):
+    """pdsh forwards only some name prefixes; the rest of what train.py reads goes into DeepSpeed's env file, after
+    which the user's own ~/.deepspeed_env and ./.deepspeed_env lines still win."""
+    home = machine["root"] / "home"
+    home.mkdir()
+    (home / ".deepspeed_env").write_text("NCCL_SOCKET_IFNAME=eth1\nOMP_NUM_THREADS=4\n", encoding="utf-8")
+    hostfile = machine["root"] / "hostfile"
+    hostfile.write_text("nodeA slots=8\nnodeB slots=8\n", encoding="utf-8")
+    result = _launch(repo_root, machine, HOSTFILE=str(hostfile), BAICHUAN_NPU_FUSED_KERNELS="0",
+                     OMP_NUM_THREADS="8", WAIMAI_CPU_BF16="1")
+    assert result.returncode == 0, result.stderr
+    forwarded = _forwarded((machine["record"] / "deepspeed_env").read_text(encoding="utf-8"))
+    assert forwarded == {"DS_ACCELERATOR": "npu", "WAIMAI_CPU_BF16": "1", "BAICHUAN_NPU_FUSED_KERNELS": "0",
+                         "OMP_NUM_THREADS": "4", "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True",
+                         "HCCL_CONNECT_TIMEOUT": "1200", "HCCL_EXEC_TIMEOUT": "3600", "NCCL_SOCKET_IFNAME": "eth1"}
+    assert not Path(_launcher_env(machine)["DS_ENV_FILE"]).exists()  # a temporary file, removed at the end
+    (machine["record"] / "deepspeed_env").unlink()
+    result = _launch(repo_root, machine, HOSTFILE=str(hostfile), NODE_RANK="0", MASTER_ADDR="10.0.0.1")
+    assert result.returncode == 0 and not (machine["record"] / "deepspeed_env").exists()  # each machine's own launch
+
+
+def test_the_real_deepspeed_runner_hands_the_settings_and_devices_to_pdsh(repo_root, machine):
+    """DeepSpeed 0.19.8's own runner with stub ssh and pdsh: the command pdsh would run on each machine exports what
+    train.py needs, and its world info holds the visible devices of both machines."""
+    import base64
+    import json
+
+    bin_dir = machine["root"] / "ssh-bin"
+    bin_dir.mkdir()
+    _write_script(bin_dir / "ssh", 'if [ "${*: -1}" = "-I" ]; then echo 10.0.0.1; fi\n')  # `hostname -I` on nodeA
+    _write_script(bin_dir / "pdsh", f'printf "%s\\n" "$@" >"{machine["record"]}/pdsh.args"\n')
+    hostfile = machine["root"] / "hostfile"
+    hostfile.write_text("nodeA slots=8\nnodeB slots=8\n", encoding="utf-8")
+    path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), machine["env"]["PATH"].split(os.pathsep, 1)[1]])
+    result = _launch(repo_root, machine, PATH=path, FAKE_DEVICE="cuda 8 nccl 1", HOSTFILE=str(hostfile),
+                     CUDA_VISIBLE_DEVICES="4,5,6,7", BAICHUAN_NPU_FUSED_KERNELS="0", OMP_NUM_THREADS="6")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    pdsh = (machine["record"] / "pdsh.args").read_text(encoding="utf-8").splitlines()
+    assert pdsh[pdsh.index("-w") + 1] == "nodeA,nodeB"
+    exports = next(line for line in pdsh if line.startswith("export "))
+    for expected in ("export DS_ACCELERATOR=cuda;", "export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True;",
+                     "export BAICHUAN_NPU_FUSED_KERNELS=0;", "export OMP_NUM_THREADS=6;"):
+        assert expected in exports, exports
+    world_info = next(line for line in pdsh if line.startswith("--world_info="))
+    assert json.loads(base64.urlsafe_b64decode(world_info.split("=", 1)[1])) == {"nodeA": [4, 5, 6, 7],
+                                                                                 "nodeB": [4, 5, 6, 7]}
+    assert "--master_port=29500" in pdsh and "--master_addr=10.0.0.1" in pdsh
+
+
+SHELL_SCRIPTS = ("ds_run_bf16.sh", "run_test.sh", "tuning/runtime/launch.sh", "tools/setup.sh", "tools/device_check.sh")
+
+
+def _maybe_empty_arrays(text: str) -> set[str]:
+    """Arrays of a script that can be empty: made empty, declared without elements, or filled by read -a or mapfile."""
+    names = set(re.findall(r"\b(\w+)=\(\)", text))
+    for declared in re.findall(r"\b(?:local|declare) -a ([\w ]+)$", text, re.MULTILINE):
+        names |= set(declared.split())
+    names |= set(re.findall(r"\bread [^<\n]*-a (\w+)", text))
+    return names | set(re.findall(r"\bmapfile (?:-\S+ )*(\w+)", text))
+
+
+def test_arrays_that_may_be_empty_are_expanded_safely_for_bash_before_4_4(repo_root):
+    """Bash 4.3 and older (CentOS 7) stop at "${a[@]}" of an empty array under `set -u`; ${a[@]+"${a[@]}"} works in
+    every version, so an array that can be empty is expanded only that way (its count ${#a[@]} is safe)."""
+    problems = []
+    for script in SHELL_SCRIPTS:
+        text = (repo_root / script).read_text(encoding="utf-8")
+        for name in _maybe_empty_arrays(text):
+            for match in re.finditer(r"\$\{(#?)" + name + r"\[([@*])\](.)", text):
+                guard = "${" + name + f"[{match.group(2)}]+"
+                if match.group(1) == "#" or match.group(3) == "+":
+                    continue  # the count, or the guard itself
+                if not text[:match.start()].rstrip('"').endswith(guard):
+                    problems.append(f"{script}:{text.count(chr(10), 0, match.start()) + 1}: {name}")
+    assert problems == []
