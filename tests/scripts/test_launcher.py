@@ -400,3 +400,34 @@ def test_arrays_that_may_be_empty_are_expanded_safely_for_bash_before_4_4(repo_r
                 if not text[:match.start()].rstrip('"').endswith(guard):
                     problems.append(f"{script}:{text.count(chr(10), 0, match.start()) + 1}: {name}")
     assert problems == []
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_device_check_adds_the_two_rank_zero2_run_where_there_are_two_devices(repo_root, tmp_path, count):
+    """tools/device_check.sh with a stub interpreter that records each step: the 2-rank run only with 2 devices, and
+    the report says what was skipped for lack of them."""
+    record = tmp_path / "calls"
+    python = _write_script(tmp_path / "python", f'printf "%s\\n" "$*" >>"{record}"\n'
+                                                'case "$*" in\n'
+                                                '    *version_problems*) ;;\n'
+                                                '    "-m tuning.runtime.devices") echo "$FAKE_DEVICE" ;;\n'
+                                                '    *detect_device*) echo "Fake GPU" ;;\n'
+                                                'esac\n')
+    env = {**os.environ, "PYTHON": str(python), "FAKE_DEVICE": f"cuda {count} nccl 1", "CHECK_DIR": str(tmp_path / "check"),
+           "HOME": str(tmp_path), "SHARED_DIR": str(tmp_path / "shared")}
+    for name in ("WAIMAI_DEVICE", "ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "WHEELS"):
+        env.pop(name, None)
+    result = subprocess.run(["bash", "tools/device_check.sh"], cwd=repo_root, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    calls = record.read_text(encoding="utf-8").splitlines()
+    pytest_runs = [call for call in calls if call.startswith("-m pytest")]
+    assert pytest_runs[0].startswith("-m pytest -m accelerator -k not two_devices tests")
+    (report,) = (tmp_path / "check").glob("*/report.md")
+    text = report.read_text(encoding="utf-8")
+    if count == 1:
+        assert len(pytest_runs) == 1
+        assert "- two_devices, the 2-rank ZeRO-2 run over nccl: this machine has 1 device" in text
+    else:
+        assert pytest_runs[1].startswith("-m pytest -m accelerator -k two_devices tests")
+        assert "two_devices: exit 0" in text and "- none for lack of devices" in text

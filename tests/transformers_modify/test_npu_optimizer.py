@@ -66,7 +66,10 @@ def test_the_stand_in_fails_as_torch_npus_fused_adamw_does(repo_root, tmp_path):
 def test_the_recipes_optimizer_under_zero2_on_the_device(repo_root, tmp_path):
     """On the device itself (tools/device_check.sh): with the real torch_npu on an NPU this is the check that the old
     choice, torch_npu's fused AdamW, failed with KeyError 'step'."""
-    rank = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    from tuning.runtime.devices import detect_device
+
+    rank = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+            "DS_ACCELERATOR": detect_device().kind}
     for recipe in (FULL, LORA):
         result = optimizer_steps(repo_root, tmp_path, recipe, fake_torch_npu=False, **rank)
         assert "error" not in result, result
