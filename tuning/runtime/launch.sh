@@ -13,9 +13,9 @@
 #                            writes DeepSpeed's .deepspeed_env format to FILE: the variables train.py needs that
 #                            DeepSpeed's ssh launch would not forward to the other machines, then the user's own
 #                            .deepspeed_env lines (which win); exports DS_ENV_FILE=FILE so that DeepSpeed reads it
-#   waimai_reject_recipe_variables
+#   waimai_reject_recipe_variables SCRIPT
 #                            a one-line error when an environment variable that used to override the recipe (LR,
-#                            EPOCHS, ...) is set, naming the flags to pass instead
+#                            EPOCHS, ...) is set, naming the flags to pass after SCRIPT instead
 #   waimai_select_model      exports BASE_MODEL, TRAIN_OUTPUT_DIR, DEMO (0|1) and LORA (0|1): MODEL (default
 #                            models/Baichuan2-7B-Base) and OUTPUT_DIR (default output/baichuan2-7b-waimai), or,
 #                            when the default MODEL folder does not exist (or DEMO=1), the tiny demo:
@@ -167,7 +167,7 @@ waimai_forward_environment() {
     export DS_ENV_FILE
 }
 
-# The variables that overrode the recipe until issue 22 (now flags after the script), each with its flag.
+# The environment variables that once overrode the recipe, each with the train.py flag that replaces it.
 WAIMAI_RECIPE_VARIABLES=(LR:learning_rate EPOCHS:num_train_epochs BATCH_SIZE:per_device_train_batch_size
     GLOBAL_BATCH_SIZE:global_batch_size GRAD_ACCUM:gradient_accumulation_steps MAX_LENGTH:model_max_length
     GRADIENT_CHECKPOINTING:gradient_checkpointing EVAL_BATCH_SIZE:per_device_eval_batch_size
