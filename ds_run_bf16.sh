@@ -5,14 +5,15 @@
 # 1024 tokens and each device takes up to 4 reviews per pass instead of accumulating 4 passes of one.
 #
 #   bash ds_run_bf16.sh                            # all NPUs/GPUs of this machine; 2 CPU processes without any
-#   NUM_DEVICES=4 LR=2e-5 bash ds_run_bf16.sh      # settings are environment variables ...
-#   bash ds_run_bf16.sh --max_steps 100            # ... and extra arguments go to train.py (they win)
-#   CONFIG=my_recipe.yaml bash ds_run_bf16.sh      # another recipe file
+#   bash ds_run_bf16.sh --learning_rate 2e-5       # hyperparameters: flags after the script go to train.py (they
+#   CONFIG=my_recipe.yaml bash ds_run_bf16.sh      # win over the recipe), or another recipe file
+#   NUM_DEVICES=4 bash ds_run_bf16.sh              # the first 4 devices
 #   HOSTFILE=hostfile bash ds_run_bf16.sh          # several machines (DeepSpeed hostfile: "host slots=8" lines)
 #   HOSTFILE=hostfile NODE_RANK=1 MASTER_ADDR=10.0.0.1 bash ds_run_bf16.sh   # the same without passwordless ssh:
 #                                                  # run it on every machine, each with its NODE_RANK (0 = MASTER_ADDR)
-#   ASCEND_RT_VISIBLE_DEVICES=4,5,6,7 bash ds_run_bf16.sh   # only these NPUs (CUDA_VISIBLE_DEVICES on GPUs)
-#   BF16=false FP16=true bash ds_run_bf16.sh       # GPUs without bf16 (V100, T4): fp16 with loss scaling (automatic)
+#   ASCEND_RT_VISIBLE_DEVICES=4,5,6,7 bash ds_run_bf16.sh   # only these NPUs (CUDA_VISIBLE_DEVICES on GPUs); with
+#                                                  # HOSTFILE the same devices on every machine
+#   bash ds_run_bf16.sh --bf16 false --fp16 true   # GPUs without bf16 (V100, T4): fp16 with loss scaling (automatic)
 #   USE_LORA=true bash ds_run_bf16.sh              # LoRA on one device (configs/baichuan2_7b_lora.yaml, lr 1e-4)
 #   USE_LORA=true NUM_DEVICES=8 DS_CONFIG=ds_config_bf16.json bash ds_run_bf16.sh   # LoRA with ZeRO-2 on 8 devices
 #
@@ -23,14 +24,13 @@
 # output folders ending in -lora; the run ends with the merged model there. OUTPUT_DIR must be one file
 # system shared by all machines (checked at start). Re-running the same command continues from the latest complete
 # checkpoint. Relative paths are relative to the repository. The output is also written to
-# OUTPUT_DIR/train_<time>.log.
-# Variables: MODEL, OUTPUT_DIR, DEMO_BASE_MODEL, DEMO_OUTPUT_DIR, CONFIG, DS_CONFIG, TRAIN_DATA, EVAL_DATA,
-# NUM_DEVICES, HOSTFILE, NODE_RANK, MASTER_ADDR, MASTER_PORT, DEMO, USE_LORA; overrides of the recipe: LR, EPOCHS,
-# BATCH_SIZE (largest per device), GLOBAL_BATCH_SIZE, GRAD_ACCUM (with GLOBAL_BATCH_SIZE=0), MAX_LENGTH,
-# GRADIENT_CHECKPOINTING, EVAL_BATCH_SIZE, LOGGING_STEPS, WARMUP_RATIO, WEIGHT_DECAY, LR_SCHEDULER, PADDING,
-# SAVE_STRATEGY, EVAL_STRATEGY, BF16, FP16, TF32, SEED, LORA_RANK, LORA_ALPHA, LORA_DROPOUT, LORA_TARGET. Device
-# variables: WAIMAI_DEVICE (npu|cuda|cpu), ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES, HCCL_CONNECT_TIMEOUT,
-# HCCL_EXEC_TIMEOUT, PYTORCH_NPU_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF.
+# OUTPUT_DIR/train_<time>.log. On one machine an unset MASTER_PORT is a free port; with HOSTFILE it is 29500.
+# Variables: MODEL, OUTPUT_DIR, DEMO_BASE_MODEL, DEMO_OUTPUT_DIR, CONFIG, DS_CONFIG (the DeepSpeed config instead
+# of the recipe's), TRAIN_DATA, EVAL_DATA, NUM_DEVICES, HOSTFILE, NODE_RANK, MASTER_ADDR, MASTER_PORT, DEMO,
+# USE_LORA. Every hyperparameter is in the recipe or a flag (python train.py --help). Device variables:
+# WAIMAI_DEVICE (npu|cuda|cpu), ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES, HCCL_CONNECT_TIMEOUT,
+# HCCL_EXEC_TIMEOUT, PYTORCH_NPU_ALLOC_CONF / PYTORCH_CUDA_ALLOC_CONF; with HOSTFILE and ssh these and the others
+# train.py reads reach every machine through DeepSpeed's .deepspeed_env (your own entries there are kept).
 set -euo pipefail
 cd "$(dirname "$0")"
 source tuning/runtime/launch.sh
@@ -39,6 +39,11 @@ case "${1:-}" in -h | --help)
     echo "train.py's own flags: python train.py --help"
     exit 0 ;;
 esac
+waimai_reject_recipe_variables ds_run_bf16.sh || exit 2
+if [ -n "${HOSTFILE:-}" ] && [ ! -f "$HOSTFILE" ]; then
+    echo "error: HOSTFILE=${HOSTFILE}: file not found" >&2  # DeepSpeed would run on this machine alone
+    exit 2
+fi
 waimai_setup_device
 waimai_select_model
 
@@ -71,23 +76,21 @@ if [ ! -f "$CONFIG" ]; then
     exit 2
 fi
 
-# Recipe overrides from the environment: only the variables that are set are passed.
-overrides=()
-for pair in LR:learning_rate EPOCHS:num_train_epochs BATCH_SIZE:per_device_train_batch_size \
-    GLOBAL_BATCH_SIZE:global_batch_size GRAD_ACCUM:gradient_accumulation_steps MAX_LENGTH:model_max_length \
-    GRADIENT_CHECKPOINTING:gradient_checkpointing EVAL_BATCH_SIZE:per_device_eval_batch_size \
-    LOGGING_STEPS:logging_steps WARMUP_RATIO:warmup_ratio WEIGHT_DECAY:weight_decay LR_SCHEDULER:lr_scheduler_type \
-    PADDING:padding SAVE_STRATEGY:save_strategy EVAL_STRATEGY:eval_strategy BF16:bf16 FP16:fp16 TF32:tf32 SEED:seed \
-    DS_CONFIG:deepspeed USE_LORA:use_lora LORA_RANK:lora_rank LORA_ALPHA:lora_alpha LORA_DROPOUT:lora_dropout \
-    LORA_TARGET:lora_target; do
-    variable="${pair%%:*}"
-    if [ -n "${!variable:-}" ]; then overrides+=("--${pair#*:}" "${!variable}"); fi
-done
+# The launcher's own choices that train.py takes as flags: only those that are set.
+flags=()
+if [ -n "${DS_CONFIG:-}" ]; then flags+=(--deepspeed "$DS_CONFIG"); fi
+if [ -n "${USE_LORA:-}" ]; then flags+=(--use_lora "$USE_LORA"); fi
 
-launcher=(deepspeed --master_port "${MASTER_PORT:-29500}")
+include="$(waimai_device_include)" || exit 2  # --num_gpus would take devices 0..N-1 whatever is visible
+port="$(waimai_master_port)"
+launcher=(deepspeed --master_port "$port")
 if [ -n "${HOSTFILE:-}" ]; then
     launcher+=(--hostfile "$HOSTFILE")
-    [ -n "${NUM_DEVICES:-}" ] && launcher+=(--num_gpus "$NUM_DEVICES")
+    if [ -n "$include" ]; then
+        launcher+=(--include "$include")
+    elif [ -n "${NUM_DEVICES:-}" ]; then
+        launcher+=(--num_gpus "$NUM_DEVICES")
+    fi
     if [ -n "${NODE_RANK:-}" ]; then
         # Clusters without passwordless ssh: the same command on every machine, each with its NODE_RANK.
         if [ -z "${MASTER_ADDR:-}" ]; then
@@ -95,18 +98,19 @@ if [ -n "${HOSTFILE:-}" ]; then
             exit 2
         fi
         launcher+=(--no_ssh --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR")
+    else
+        environment_file="$(mktemp "${TMPDIR:-/tmp}/waimai-deepspeed-env.XXXXXX")"
+        trap 'rm -f "$environment_file"' EXIT
+        waimai_forward_environment "$environment_file"
     fi
 elif [ "$DEVICE_KIND" = cpu ]; then
     processes="${NUM_DEVICES:-2}"  # DeepSpeed's CPU accelerator: gloo processes sharing the cores
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) / processes > 0 ? $(nproc) / processes : 1 ))}"
     launcher+=(--num_gpus "$processes")
+elif [ -n "$include" ]; then
+    launcher+=(--include "$include")
 else
-    include="$(waimai_device_include)" || exit 2
-    if [ -n "$include" ]; then
-        launcher+=(--include "$include")  # --num_gpus would take devices 0..N-1 whatever is visible
-    else
-        launcher+=(--num_gpus "${NUM_DEVICES:-$DEVICE_COUNT}")
-    fi
+    launcher+=(--num_gpus "${NUM_DEVICES:-$DEVICE_COUNT}")
 fi
 
 mkdir -p "$TRAIN_OUTPUT_DIR"
@@ -117,5 +121,5 @@ echo "device: ${DEVICE_KIND} (${DEVICE_BACKEND}); recipe ${CONFIG}; ${BASE_MODEL
     --train_data "$TRAIN_DATA" \
     --eval_data "$EVAL_DATA" \
     --output_dir "$TRAIN_OUTPUT_DIR" \
-    "${overrides[@]}" \
+    ${flags[@]+"${flags[@]}"} \
     "$@" 2>&1 | tee -a "$log"

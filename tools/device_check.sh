@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One command for a machine with an NPU or GPU: the tests that need one, the training benchmark on a 1B model and
-# the evaluation benchmark, in one report with MFU (output/device_check/<time>/report.md). About 8 minutes on one
-# modern GPU.
+# One command for a machine with an NPU or GPU: the tests that need one (among them the recipes' optimizer under
+# ZeRO-2 on the device), with two or more devices a 2-rank ZeRO-2 run over HCCL/NCCL, the training benchmark on a
+# 1B model and the evaluation benchmark, in one report with MFU (output/device_check/<time>/report.md). Each step has
+# a time limit; together they stay under 8 minutes.
 #
 #   bash tools/device_check.sh                      # this machine's python (its own torch / torch_npu is kept)
 #   WHEELS=wheels bash tools/device_check.sh        # offline: what is missing comes from a folder of wheels
@@ -10,7 +11,8 @@
 # What the pinned set (requirements.txt) has and this python lacks, torch excepted, is installed into a scratch
 # virtual environment (SCRATCH, default output/device_check/venv) that sees the machine's packages; nothing is
 # installed into the machine's python. Variables: PYTHON (default python), WHEELS, SCRATCH, SHARED_DIR (the folder
-# with data/waimai_10k.csv and baichuan2/tokenizer.model for the tests and benchmarks).
+# with data/waimai_10k.csv and baichuan2/tokenizer.model for the tests and benchmarks), CHECK_DIR (where the
+# report's folder goes, default output/device_check).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
@@ -45,7 +47,7 @@ if [ -n "$missing" ]; then
     source_args=()
     if [ -n "${WHEELS:-}" ]; then source_args=(--no-index --find-links "$WHEELS"); fi
     # The machine's torch satisfies deepspeed's and transformers' torch requirement: it is never replaced.
-    "$SCRATCH/bin/python" -m pip install --quiet "${source_args[@]}" -r <(requirements_without_torch)
+    "$SCRATCH/bin/python" -m pip install --quiet ${source_args[@]+"${source_args[@]}"} -r <(requirements_without_torch)
     PYTHON="$SCRATCH/bin/python"
     export PATH="$(cd "$SCRATCH/bin" && pwd):$PATH"
     missing="$("$PYTHON" -c 'from transformers_modify.versions import version_problems; print("; ".join(version_problems()))')"
@@ -62,13 +64,14 @@ if [ "$DEVICE_KIND" = cpu ]; then
     echo "error: no NPU or GPU found (torch sees only the CPU); this check needs one" >&2
     exit 2
 fi
-report_dir="output/device_check/$(date +%Y%m%d-%H%M%S)"
+report_dir="${CHECK_DIR:-output/device_check}/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$report_dir"
 report="$report_dir/report.md"
 device_name="$(TORCH_DEVICE_BACKEND_AUTOLOAD=0 "$PYTHON" -c \
     'from tuning.runtime.devices import detect_device; print(detect_device().name())')"
 
-# Each step gets a time limit so that the whole check stays near 8 minutes; a failed step is reported, not fatal.
+# Each step gets a time limit, 460 s in all, so that the whole check stays under 8 minutes; a failed step is
+# reported, not fatal.
 run_step() {
     local name="$1" limit="$2"
     shift 2
@@ -88,11 +91,18 @@ if [ ! -f "$data_dir/train.jsonl" ]; then
 fi
 "$PYTHON" -m tuning.model.tiny --train_data "$data_dir/train.jsonl" --output_dir "$report_dir/eval-model" \
     >"$report_dir/eval-model.log" 2>&1 || true
-run_step accelerator_tests 260 "$PYTHON" -m pytest -m accelerator tests -q -rs -p no:cacheprovider
-run_step train_throughput 150 "$PYTHON" bench/train_throughput.py --preset 1b --configs original,ours \
+run_step accelerator_tests 250 "$PYTHON" -m pytest -m accelerator -k "not two_devices" tests -q -rs \
+    -p no:cacheprovider
+skipped_steps="- none for lack of devices"
+if [ "$DEVICE_COUNT" -ge 2 ]; then
+    run_step two_devices 60 "$PYTHON" -m pytest -m accelerator -k two_devices tests -q -rs -p no:cacheprovider
+else
+    skipped_steps="- two_devices, the 2-rank ZeRO-2 run over ${DEVICE_BACKEND}: this machine has ${DEVICE_COUNT} device"
+fi
+run_step train_throughput 120 "$PYTHON" bench/train_throughput.py --preset 1b --configs original,ours \
     --data "$data_dir/train.jsonl" \
     --rounds 1 --steps 2 --max_length 512
-run_step eval_throughput 40 "$PYTHON" bench/eval_throughput.py --model "$report_dir/eval-model" \
+run_step eval_throughput 30 "$PYTHON" bench/eval_throughput.py --model "$report_dir/eval-model" \
     --data "$data_dir/eval.jsonl" --reviews 200 \
     --rounds 1
 
@@ -111,12 +121,22 @@ for name in names:
 print(", ".join(found))')"
     echo "- steps: $(paste -sd ';' "$report_dir/status")"
     echo
+    echo "## Skipped"
+    echo
+    echo "Steps skipped for lack of devices:"
+    echo "$skipped_steps"
+    echo
+    echo "Tests skipped, with pytest's reason:"
+    grep -h '^SKIPPED' "$report_dir"/accelerator_tests.log "$report_dir"/two_devices.log 2>/dev/null |
+        sed 's/^/- /' || echo "- none"
+    echo
     echo "## MFU (training benchmark, 1B model)"
     echo
     echo '```'
     grep -i -B 12 "^MFU:" "$report_dir/train_throughput.log" || echo "no MFU: the benchmark did not finish, or this device's peak is not in transformers_modify/step_metrics.py"
     echo '```'
-    for step in accelerator_tests train_throughput eval_throughput; do
+    for step in accelerator_tests two_devices train_throughput eval_throughput; do
+        [ -f "$report_dir/${step}.log" ] || continue
         echo
         echo "## ${step}"
         echo

@@ -1,4 +1,4 @@
-"""Exit 0 when this Python is 3.10+ and has requirements.txt's pinned set and this project installed.
+"""Exit 0 when this Python is 3.11+ and has requirements.txt's pinned set and this project installed.
 
 Otherwise print the first thing that differs and exit 1. TORCH (default `torch==2.13.0`) replaces the torch pin:
 a bare `torch` accepts any version (an Ascend torch / torch_npu pair, say).
@@ -11,6 +11,7 @@ from pathlib import Path
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements.txt"
 PROJECT = "baichuan2-waimai"
+MIN_PYTHON = (3, 11)  # the pinned transformers, numpy, pandas and matplotlib require it
 
 
 def pinned_versions(requirements: str, torch: str) -> dict[str, str | None]:
@@ -28,8 +29,9 @@ def pinned_versions(requirements: str, torch: str) -> dict[str, str | None]:
 
 def first_difference(pins: dict[str, str | None]) -> str | None:
     """What this environment lacks, or None when it has every pin (a local version such as +cpu counts as the pin)."""
-    if sys.version_info < (3, 10):
-        return f"Python {sys.version.split()[0]} is older than 3.10"
+    if sys.version_info < MIN_PYTHON:
+        found = ".".join(map(str, sys.version_info[:3]))
+        return f"Python {found} is older than {'.'.join(map(str, MIN_PYTHON))}"
     for name, version in {**pins, PROJECT: None}.items():
         try:
             found = metadata.version(name)

@@ -9,7 +9,7 @@
 # Environment: VENV when set; else the active virtual environment when it has the pinned set (tools/pinned_env.py);
 # else .venv, created and filled with the pinned set when it lacks it. Every step is skipped when already done, so
 # the commands can be run again, and offline once everything is in place.
-# Variables: PYTHON (the Python 3.10+ that creates the environment, default python3), VENV, TORCH (default
+# Variables: PYTHON (the Python 3.11+ that creates the environment, default python3), VENV, TORCH (default
 # torch==2.13.0), TORCH_INDEX_URL (where torch comes from, default pip's configured index), WHEELS (install only from
 # this folder, no network; for `wheels` the folder to fill), the target of `wheels`: WHEEL_ARCH (default this
 # machine's), WHEEL_PLATFORM (pip platform tags, default manylinux_2_28 ... manylinux2014 of WHEEL_ARCH) and
@@ -20,6 +20,8 @@ cd "$(dirname "$0")/.."
 
 TORCH="${TORCH:-torch==2.13.0}"
 export TORCH
+# transformers 5.24, numpy 2.4, pandas 3.1 and matplotlib 3.11 of the pinned set require it (their Requires-Python)
+MIN_PYTHON=3.11
 
 fail() {
     echo "error: $*" >&2
@@ -33,11 +35,23 @@ pip_sources() {
     fi
 }
 
+# The version of Python interpreter $1 (e.g. 3.11.7), or a one-line error.
+python_version() {
+    "$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null ||
+        fail "$1 does not run: install Python ${MIN_PYTHON} or newer and set PYTHON=/path/to/python${MIN_PYTHON}"
+}
+
+# 0 when version $1 is MIN_PYTHON or newer.
+new_enough() {
+    printf '%s\n%s\n' "$MIN_PYTHON" "$1" | sort -V -C
+}
+
 base_python() {
-    local python="${PYTHON:-python3}"
-    command -v "$python" >/dev/null || fail "${python} not found: install Python 3.10 or newer, or set PYTHON=/path/to/python3.X"
-    "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
-        fail "$("$python" -V 2>&1) at $(command -v "$python") is too old: install Python 3.10 or newer and set PYTHON=/path/to/it"
+    local python="${PYTHON:-python3}" version
+    command -v "$python" >/dev/null || fail "${python} not found: install Python ${MIN_PYTHON} or newer, or set PYTHON=/path/to/python${MIN_PYTHON}"
+    version="$(python_version "$python")"
+    new_enough "$version" ||
+        fail "Python ${version} at $(command -v "$python") is too old: this project needs Python ${MIN_PYTHON} or newer (the pinned transformers, numpy, pandas and matplotlib require it); install one and set PYTHON=/path/to/python${MIN_PYTHON}"
     echo "$python"
 }
 
@@ -78,7 +92,12 @@ setup_env() {
     else
         venv=.venv
     fi
-    if [ ! -x "$venv/bin/python" ]; then
+    if [ -x "$venv/bin/python" ]; then
+        local version
+        version="$(python_version "$venv/bin/python")"
+        new_enough "$version" ||
+            fail "${venv} has Python ${version}, too old: this project needs Python ${MIN_PYTHON} or newer (the pinned transformers, numpy, pandas and matplotlib require it); remove ${venv} and run this again with PYTHON=/path/to/python${MIN_PYTHON}"
+    else
         local python
         python="$(base_python)"
         "$python" -m venv "$venv" >/dev/null 2>&1 ||
@@ -87,8 +106,6 @@ setup_env() {
     if "$venv/bin/python" tools/pinned_env.py >/dev/null; then
         echo "environment: ${venv} has the pinned set (${TORCH})"
     else
-        "$venv/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
-            fail "${venv} has $("$venv/bin/python" -V 2>&1): remove it and run this again with a Python 3.10+ (PYTHON=/path/to/python3.X)"
         install_pinned_set "$venv"
     fi
     VIRTUAL_ENV="$(cd "$venv" && pwd)"
@@ -122,12 +139,11 @@ run_tests() {
 collect_wheels() {
     [ -n "${WHEELS:-}" ] || fail "set WHEELS to the folder to fill, e.g. \`make wheels WHEELS=wheels\`"
     local python platform deepspeed requirements
-    local -a target
     python="$(base_python)"
     # pip takes each platform tag literally: a glibc 2.28 machine also runs manylinux_2_27 ... manylinux2014 wheels.
     local arch="${WHEEL_ARCH:-$(uname -m)}"
     platform="${WHEEL_PLATFORM:-$(for minor in $(seq 28 -1 17); do printf 'manylinux_2_%s_%s ' "$minor" "$arch"; done)manylinux2014_$arch}"
-    target=(--only-binary=:all: --python-version "${WHEEL_PYTHON:-3.11}" --implementation cp)
+    local -a target=(--only-binary=:all: --python-version "${WHEEL_PYTHON:-3.11}" --implementation cp)
     local tag
     for tag in $platform; do target+=(--platform "$tag"); done
     mkdir -p "$WHEELS"

@@ -7,7 +7,9 @@ transformers 5.24 detects NPU bf16 itself; what is still needed here:
 - bf16 on the CPU: training runs in fp32, with a note, on every CPU (emulated bf16 is ~60x slower where there are
   no bf16 instructions, and one precision keeps CPU runs comparable between machines, as predict.py and run_test.py
   also score in fp32 there); `WAIMAI_CPU_BF16=1` keeps bf16 on the CPU anyway;
-- torch's fused AdamW (`adamw_torch_fused`, the recipe's optimizer) is torch_npu's fused AdamW on the NPU;
+- torch_npu's fused AdamW (`adamw_torch_npu_fused`) is refused: it reads the gradients only on its first step, which
+  breaks under DeepSpeed ZeRO and in the Trainer's own loop (docs/hardware.md); the recipes' `adamw_torch_fused` is
+  torch's fused AdamW on every device (torch_npu runs its kernel on the NPU);
 - `--tf32` exists on NVIDIA GPUs only: elsewhere it is dropped with a note instead of stopping the run;
 - the CPU: `use_cpu` (transformers then accepts bf16 there) and, for DeepSpeed, a gloo process group, which
   accelerate 1.15 does not set up on a machine without accelerators (each rank would run as a world of one).
@@ -19,6 +21,7 @@ import os
 from accelerate import PartialState
 
 FORCE_CPU_BF16 = "WAIMAI_CPU_BF16"
+NPU_FUSED_ADAMW = "adamw_torch_npu_fused"
 SINGLE_PROCESS_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                       "MASTER_PORT": "29500"}
 
@@ -42,9 +45,11 @@ def adapt_to_device(values: dict, device_kind: str, native_bf16: bool) -> list[s
     elif values.get("bf16") and not native_bf16:
         values["bf16"], values["fp16"] = False, True
         notes.append(f"this {device_kind} device has no native bf16: training in fp16 with loss scaling "
-                     "(BF16=false FP16=true bash ds_run_bf16.sh says so yourself)")
-    if device_kind == "npu" and values.get("optim") == "adamw_torch_fused":
-        values["optim"] = "adamw_torch_npu_fused"
+                     "(`bash ds_run_bf16.sh --bf16 false --fp16 true` says so yourself)")
+    if values.get("optim") == NPU_FUSED_ADAMW:
+        raise ValueError(f"--optim {NPU_FUSED_ADAMW}: torch_npu's fused AdamW reads the gradients only on its first "
+                         "step (KeyError 'step' under ZeRO, the first step's gradients again without DeepSpeed); "
+                         "use adamw_torch_fused, torch's fused AdamW, which runs on the NPU too")
     if values.get("tf32") and device_kind != "cuda":
         values["tf32"] = None
         notes.append(f"--tf32 applies to NVIDIA GPUs only; ignored on {device_kind}")

@@ -2,7 +2,7 @@
 frozen base; the merged model gives the adapter model's logits and loads with our code and as remote code; a LoRA
 run resumes from its checkpoints; wrong settings are one-line errors.
 
-The launcher run (`USE_LORA=true bash ds_run_bf16.sh`: 2 processes, ZeRO-2, then run_test.sh) is in test_ds_run.py.
+The launcher run (`USE_LORA=true bash ds_run_bf16.sh`: 2 processes, ZeRO-2, then run_test.sh) is in tests/scripts/test_ds_run.py.
 """
 
 import json

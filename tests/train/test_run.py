@@ -1,6 +1,6 @@
 """train.py in one process on the CPU: encoding, flags, run manifest, resume, reports, bad inputs.
 
-The DeepSpeed launcher runs (2 processes, ZeRO-2/ZeRO-3, bf16, interrupt and resume) are in test_ds_run.py.
+The DeepSpeed launcher runs (2 processes, ZeRO-2/ZeRO-3, bf16, interrupt and resume) are in tests/scripts/test_ds_run.py.
 """
 
 import json

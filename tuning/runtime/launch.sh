@@ -3,9 +3,19 @@
 #                            DEVICE_COUNT, DEVICE_BACKEND (hccl|nccl|gloo), DEVICE_BF16 (1|0), DS_ACCELERATOR
 #                            (DeepSpeed's accelerator, pinned to DEVICE_KIND) and the accelerator's defaults for
 #                            long loads and saves and changing shapes (each kept when already set)
-#   waimai_device_include    prints DeepSpeed's `--include localhost:<ids>` value for the devices that
-#                            ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES leave visible (the first
-#                            NUM_DEVICES of them when set); prints nothing when the variable is unset
+#   waimai_device_include    prints DeepSpeed's `--include` value for the devices that ASCEND_RT_VISIBLE_DEVICES /
+#                            CUDA_VISIBLE_DEVICES leave visible (the first NUM_DEVICES of them when set):
+#                            `localhost:<ids>`, or with HOSTFILE `<host>:<ids>@<host>:<ids>...`, the same ids on
+#                            every machine of the hostfile; prints nothing when the variable is unset
+#   waimai_master_port       prints the rendezvous port: MASTER_PORT when set, 29500 with HOSTFILE (every machine
+#                            must agree), else a free port of this machine (two runs side by side never collide)
+#   waimai_forward_environment FILE
+#                            writes DeepSpeed's .deepspeed_env format to FILE: the variables train.py needs that
+#                            DeepSpeed's ssh launch would not forward to the other machines, then the user's own
+#                            .deepspeed_env lines (which win); exports DS_ENV_FILE=FILE so that DeepSpeed reads it
+#   waimai_reject_recipe_variables SCRIPT
+#                            a one-line error when an environment variable that used to override the recipe (LR,
+#                            EPOCHS, ...) is set, naming the flags to pass after SCRIPT instead
 #   waimai_select_model      exports BASE_MODEL, TRAIN_OUTPUT_DIR, DEMO (0|1) and LORA (0|1): MODEL (default
 #                            models/Baichuan2-7B-Base) and OUTPUT_DIR (default output/baichuan2-7b-waimai), or,
 #                            when the default MODEL folder does not exist (or DEMO=1), the tiny demo:
@@ -17,6 +27,8 @@
 #                            NODE_RANK set only node 0 builds it and the other machines wait for it
 #   waimai_usage SCRIPT      prints SCRIPT's leading comment block (its --help text)
 # Each returns non-zero after printing a one-line error. PYTHON picks the interpreter (default: python).
+# Arrays that may be empty are expanded as ${a[@]+"${a[@]}"}: bash before 4.4 (CentOS 7) treats "${a[@]}" of an
+# empty array as unbound under `set -u`.
 
 WAIMAI_DEMO_BASE_WAIT_S="${WAIMAI_DEMO_BASE_WAIT_S:-60}"
 
@@ -35,7 +47,7 @@ waimai_cann_candidates() {
 waimai_source_cann() {
     local candidates candidate
     mapfile -t candidates < <(waimai_cann_candidates)
-    for candidate in "${candidates[@]}"; do
+    for candidate in ${candidates[@]+"${candidates[@]}"}; do
         if [ -f "$candidate" ]; then
             # CANN's script reads unset variables and runs commands that may fail: source it with errexit,
             # nounset and pipefail off, then restore the caller's options.
@@ -98,8 +110,85 @@ waimai_device_include() {
         echo "error: NUM_DEVICES=${count} but ${variable}=${visible} makes only ${#ids[@]} devices visible" >&2
         return 1
     fi
-    local chosen="${ids[*]:0:$count}"
-    echo "localhost:${chosen// /,}"
+    local chosen="${ids[*]+${ids[*]:0:$count}}"
+    chosen="${chosen// /,}"
+    if [ -z "${HOSTFILE:-}" ]; then
+        echo "localhost:${chosen}"
+        return 0
+    fi
+    # DeepSpeed numbers each machine's devices 0..slots-1 and would otherwise start ranks on the first ones.
+    local include="" host slots _ highest=0 id
+    for id in ${ids[@]+"${ids[@]:0:$count}"}; do
+        if [ "$id" -gt "$highest" ]; then highest="$id"; fi
+    done
+    while read -r host slots _; do
+        case "$host" in "" | "#"*) continue ;; esac
+        slots="${slots#slots=}"
+        if ! [[ "$slots" =~ ^[0-9]+$ ]] || [ "$highest" -ge "$slots" ]; then
+            echo "error: ${variable}=${visible} but ${HOSTFILE} says \`${host} slots=${slots}\`: slots counts all" \
+                "devices of a machine (0..slots-1), so device ${highest} needs slots=$((highest + 1)) or more" >&2
+            return 1
+        fi
+        include="${include:+${include}@}${host}:${chosen}"
+    done <"$HOSTFILE"
+    echo "$include"
+}
+
+waimai_master_port() {
+    if [ -n "${MASTER_PORT:-}" ]; then
+        echo "$MASTER_PORT"
+    elif [ -n "${HOSTFILE:-}" ]; then
+        echo 29500
+    else
+        "${PYTHON:-python}" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
+    fi
+}
+
+# What train.py reads from the environment besides what DeepSpeed forwards by itself: over ssh (pdsh) it forwards
+# only names starting with MLFLOW, PYTHON, MV2, UCX and its accelerator's prefixes (NPU: ASCEND, HCCL, LD_LIBRARY,
+# PATH; CUDA: NCCL), plus the lines of its .deepspeed_env file (deepspeed/launcher/runner.py).
+WAIMAI_FORWARDED_VARIABLES=(DS_ACCELERATOR WAIMAI_DEVICE WAIMAI_CPU_BF16 BAICHUAN_NPU_FUSED_KERNELS OMP_NUM_THREADS
+    PYTORCH_NPU_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT)
+
+waimai_forward_environment() {
+    local file="$1" name own="${DS_ENV_FILE:-.deepspeed_env}" place
+    : >"$file"
+    for name in "${WAIMAI_FORWARDED_VARIABLES[@]}"; do
+        if [ -n "${!name+set}" ]; then printf '%s=%s\n' "$name" "${!name}" >>"$file"; fi
+    done
+    # DeepSpeed reads NAME (DS_ENV_FILE, default .deepspeed_env) in the home folder, then in the current folder; a
+    # later line wins, so the user's own entries follow ours.
+    local -a places=("$own")
+    if [[ "$own" != /* ]]; then places=("${HOME:-/nonexistent}/$own" "./$own"); fi
+    for place in "${places[@]}"; do
+        if [ -f "$place" ]; then grep '=' "$place" >>"$file" || true; fi
+    done
+    DS_ENV_FILE="$(cd "$(dirname "$file")" && pwd)/$(basename "$file")"
+    export DS_ENV_FILE
+}
+
+# The environment variables that once overrode the recipe, each with the train.py flag that replaces it.
+WAIMAI_RECIPE_VARIABLES=(LR:learning_rate EPOCHS:num_train_epochs BATCH_SIZE:per_device_train_batch_size
+    GLOBAL_BATCH_SIZE:global_batch_size GRAD_ACCUM:gradient_accumulation_steps MAX_LENGTH:model_max_length
+    GRADIENT_CHECKPOINTING:gradient_checkpointing EVAL_BATCH_SIZE:per_device_eval_batch_size
+    LOGGING_STEPS:logging_steps WARMUP_RATIO:warmup_ratio WEIGHT_DECAY:weight_decay LR_SCHEDULER:lr_scheduler_type
+    PADDING:padding SAVE_STRATEGY:save_strategy EVAL_STRATEGY:eval_strategy BF16:bf16 FP16:fp16 TF32:tf32 SEED:seed
+    LORA_RANK:lora_rank LORA_ALPHA:lora_alpha LORA_DROPOUT:lora_dropout LORA_TARGET:lora_target)
+
+waimai_reject_recipe_variables() {
+    local pair name set_names="" flags=""
+    for pair in "${WAIMAI_RECIPE_VARIABLES[@]}"; do
+        name="${pair%%:*}"
+        if [ -n "${!name:-}" ]; then
+            set_names+=" ${name}=${!name}"
+            flags+=" --${pair#*:} ${!name}"
+        fi
+    done
+    if [ -n "$set_names" ]; then
+        echo "error:${set_names}: hyperparameters are not read from the environment; pass them as flags after the" \
+            "script (\`bash $1${flags}\`) or set them in the recipe file (CONFIG)" >&2
+        return 2
+    fi
 }
 
 # USE_LORA as train.py's --use_lora reads it (true/yes/1, false/no/0, any case; unset: false) -> LORA (1|0).

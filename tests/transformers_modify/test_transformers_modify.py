@@ -39,19 +39,50 @@ def test_a_machines_own_torch_in_the_supported_range_is_accepted(monkeypatch):
         f"pip install deepspeed=={pins['deepspeed']}",
         f"peft is not installed but this project needs {pins['peft']}: pip install peft=={pins['peft']}",
     ]
-    installed["torch"] = "2.4.1"
-    assert versions.version_problems()[-1].startswith("torch 2.4.1 is installed but this project needs torch>=2.5,<2.14")
 
 
-def test_torch_npu_must_match_torch(monkeypatch):
-    installed = {"torch": "2.5.1", "torch_npu": "2.1.0.post8", **{name: versions.pinned_versions()[name]
-                                                                   for name in versions.EXACT}}
+@pytest.mark.parametrize("torch_version", ["2.5.1+cu124", "2.4.1", "2.14.0"])
+def test_torch_outside_the_range_transformers_runs_on_is_refused(monkeypatch, torch_version):
+    """transformers 5.24 disables itself on torch older than 2.6; 2.13 is the newest tested."""
+    pins = versions.pinned_versions()
+    installed = {"torch": torch_version, **{name: pins[name] for name in versions.EXACT}}
     monkeypatch.setattr(versions, "installed_version", installed.get)
     assert versions.version_problems() == [
-        "torch_npu 2.1.0.post8 does not match torch 2.5.1: install the torch and torch_npu pair released for "
-        "your CANN version (see README)"]
-    installed["torch_npu"] = "2.5.1.post1"  # the pair for CANN 8: torch may differ from our CPU pin then
+        f"torch {torch_version} is installed but this project needs torch>=2.6,<2.14 (tested: {pins['torch']}): "
+        f"pip install torch=={pins['torch']}"]
+
+
+def _npu_machine(monkeypatch, torch_version: str, torch_npu_version: str) -> None:
+    installed = {"torch": torch_version, "torch_npu": torch_npu_version,
+                 **{name: versions.pinned_versions()[name] for name in versions.EXACT}}
+    monkeypatch.setattr(versions, "installed_version", installed.get)
+
+
+def test_torch_npu_must_match_torch_and_the_error_names_torch_npus_torch(monkeypatch):
+    _npu_machine(monkeypatch, "2.13.0", "2.9.0.post2")  # torch replaced by the CPU pin: torch_npu's pair is broken
+    assert versions.version_problems() == [
+        "torch_npu 2.9.0.post2 does not match torch 2.13.0: pip install torch==2.9.0, the torch that torch_npu "
+        "2.9.0.post2 was released for"]
+    _npu_machine(monkeypatch, "2.9.0+cpu", "2.9.0.post2")  # the pair for CANN 9.0.0
     assert versions.version_problems() == []
+
+
+def test_an_old_npu_pair_is_refused_naming_the_pair_for_the_installed_cann(monkeypatch, tmp_path):
+    """torch 2.5.1 + torch_npu 2.5.1 passed the check before and failed inside transformers; never torch==2.13.0."""
+    toolkit = tmp_path / "ascend-toolkit" / "latest"
+    (toolkit / "aarch64-linux").mkdir(parents=True)
+    (toolkit / "aarch64-linux" / "ascend_toolkit_install.info").write_text(
+        "package_name=Ascend-cann-toolkit\nversion=8.5.0\narch=aarch64\n", encoding="utf-8")
+    monkeypatch.setenv("ASCEND_HOME_PATH", str(toolkit))
+    monkeypatch.delenv("ASCEND_TOOLKIT_HOME", raising=False)
+    _npu_machine(monkeypatch, "2.5.1", "2.5.1.post1")
+    assert versions.version_problems() == [
+        "torch_npu 2.5.1.post1 is installed but this project needs torch and torch_npu >=2.6,<2.14 (transformers 5.24 "
+        "needs torch 2.6 or later): install for CANN 8.5.0: pip install torch==2.9.0 torch_npu==2.9.0"]
+    monkeypatch.delenv("ASCEND_HOME_PATH")
+    (problem,) = versions.version_problems()
+    assert "no CANN version found" in problem and "CANN 8.2.RC1: torch==2.6.0 torch_npu==2.6.0" in problem
+    assert "CANN 9.1.0: torch==2.12.0 torch_npu==2.12.0" in problem and "2.13.0" not in problem
 
 
 @pytest.mark.parametrize("name, tflops", [
@@ -120,13 +151,18 @@ def test_bf16_on_an_accelerator_without_it_becomes_fp16_with_a_note():
     notes = adapt_to_device(values, "cuda", native_bf16=False)
     assert (values["bf16"], values["fp16"]) == (False, True)
     assert notes == ["this cuda device has no native bf16: training in fp16 with loss scaling "
-                     "(BF16=false FP16=true bash ds_run_bf16.sh says so yourself)"]
+                     "(`bash ds_run_bf16.sh --bf16 false --fp16 true` says so yourself)"]
 
 
-def test_fused_adamw_is_torch_npus_on_the_npu():
-    values = _values()
-    adapt_to_device(values, "npu", native_bf16=True)
-    assert values["optim"] == "adamw_torch_npu_fused"
-    values = _values()
-    adapt_to_device(values, "cuda", native_bf16=True)
-    assert values["optim"] == "adamw_torch_fused"
+def test_the_recipes_fused_adamw_is_torchs_on_every_device():
+    for kind in ("npu", "cuda", "cpu"):
+        values = _values()
+        adapt_to_device(values, kind, native_bf16=True)
+        assert values["optim"] == "adamw_torch_fused"
+
+
+def test_torch_npus_fused_adamw_is_refused_in_one_line():
+    with pytest.raises(ValueError) as error:
+        adapt_to_device(_values(optim="adamw_torch_npu_fused"), "npu", native_bf16=True)
+    assert "\n" not in str(error.value) and "KeyError 'step' under ZeRO" in str(error.value)
+    assert "use adamw_torch_fused" in str(error.value)

@@ -1,5 +1,6 @@
-"""What only a GPU or NPU can show: bf16 kernels, fused attention, DeepSpeed over NCCL/HCCL, LoRA over a half-precision
-base on one device, a model of 1B parameters.
+"""What only a GPU or NPU can show: bf16 kernels, fused attention, DeepSpeed over NCCL/HCCL (2 ranks where there are two
+devices), LoRA over a half-precision base on one device, a model of 1B parameters. The recipes' optimizer under ZeRO-2
+on the device is tests/transformers_modify/test_npu_optimizer.py.
 
 Every test here is marked `accelerator` and skips on a CPU-only machine ("needs a GPU or NPU"). One command runs
 them with the benchmarks on a machine that has one: `bash tools/device_check.sh` (see docs/hardware.md).
@@ -118,6 +119,27 @@ def test_the_demo_trains_on_one_device_and_its_model_reloads(repo_root, make_rev
     assert summary["peak_device_memory_bytes"] > 0
     reloaded = load_model(tmp_path / "tuned")
     assert all(torch.isfinite(parameter).all() for parameter in reloaded.parameters())
+
+
+def test_the_demo_trains_on_two_devices_with_zero2(repo_root, make_review_data, device, half, tmp_path):
+    """2 ranks over HCCL/NCCL (tools/device_check.sh runs it where there are two devices): ZeRO-2's reduce-scatter and
+    all-gather, the recipes' optimizer on partitions, a checkpoint and the saved model."""
+    if device.count < 2:
+        pytest.skip(f"needs 2 devices for the 2-rank ZeRO-2 run; this machine has {device.count}")
+    data_dir = make_review_data(train_per_label=50, eval_per_label=10)
+    result = _launch(repo_root, ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "4",
+                                 "--disable_tqdm", "true"],
+                     DEMO="1", DEMO_BASE_MODEL=str(tmp_path / "base"), DEMO_OUTPUT_DIR=str(tmp_path / "tuned"),
+                     TRAIN_DATA=str(data_dir / "train.jsonl"), EVAL_DATA=str(data_dir / "eval.jsonl"),
+                     NUM_DEVICES="2", DS_CONFIG="ds_config_bf16.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "tuned" / "train_summary.json").read_text(encoding="utf-8"))
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[half]
+    assert (summary["device"], summary["precision"], summary["processes"]) == (device.kind, precision, 2)
+    assert summary["global_step"] == 4 and (tmp_path / "tuned" / "checkpoint-4" / "latest").is_file()
+    manifest = json.loads((tmp_path / "tuned" / "run_manifest.json").read_text(encoding="utf-8"))
+    assert (manifest["world_size"], manifest["zero_stage"]) == (2, 2)
+    assert all(torch.isfinite(parameter).all() for parameter in load_model(tmp_path / "tuned").parameters())
 
 
 def test_lora_trains_on_one_device_without_zero_and_merges(repo_root, make_review_data, make_tiny_base, device, half,

@@ -246,9 +246,10 @@ def test_run_test_sh_compares_the_base_with_the_merged_lora_model(repo_root, lor
 
 def test_zero3_bf16_checkpointing_and_accumulation_on_the_cpu(repo_root, data_dir, prebuilt_base, tmp_path):
     env = _env(tmp_path, data_dir, WAIMAI_CPU_BF16="1", DS_CONFIG="ds_config_zero3.json",
-               DEMO_BASE_MODEL=str(prebuilt_base), GRADIENT_CHECKPOINTING="true", GLOBAL_BATCH_SIZE="16")
+               DEMO_BASE_MODEL=str(prebuilt_base))
     result = _run(repo_root, env, "--max_steps", "3", "--max_eval_samples", "20", "--per_device_train_batch_size",
-                  "4", "--save_strategy", "no", "--disable_tqdm", "true")
+                  "4", "--global_batch_size", "16", "--gradient_checkpointing", "true", "--save_strategy", "no",
+                  "--disable_tqdm", "true")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     device = detect_device()
     if device.kind == "cpu" and not device.bf16:
@@ -363,7 +364,7 @@ def test_help_prints_usage_and_starts_nothing(repo_root, data_dir, tmp_path):
     env = _env(tmp_path, data_dir)
     result = _run(repo_root, env, "--help")
     assert result.returncode == 0
-    assert "bash ds_run_bf16.sh --max_steps 100" in result.stdout
+    assert "bash ds_run_bf16.sh --learning_rate 2e-5" in result.stdout
     assert "python train.py --help" in result.stdout
     assert list(tmp_path.iterdir()) == []
 

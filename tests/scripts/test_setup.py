@@ -2,6 +2,7 @@
 
 import functools
 import http.server
+import os
 import shutil
 import subprocess
 import sys
@@ -182,3 +183,38 @@ def test_pinned_set_check_names_the_first_difference():
     assert pins == {"pytest": "9.2.0", "ruff": "0.14.0", "torch": None}
     assert pinned_env.first_difference({"pytest": "0.0.1"}).startswith("pytest is ")
     assert pinned_env.first_difference({"no-such-package-here": None}) == "no-such-package-here is not installed"
+
+
+def _python_stub(path, version: str):
+    """An interpreter that says it is Python `version` (setup.sh asks with -c) and does nothing else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"#!/usr/bin/env bash\necho {version}\n", encoding="utf-8")
+    path.chmod(0o755)
+    return path
+
+
+def test_setup_needs_python_3_11_and_says_so_in_one_line_before_anything_else(repo_root, tmp_path):
+    """The pinned transformers 5.24, numpy, pandas and matplotlib require Python 3.11 (3.10 is common on Ascend)."""
+    old = _python_stub(tmp_path / "bin" / "python3.10", "3.10.12")
+    env = {**os.environ, "PYTHON": str(old), "VENV": str(tmp_path / "venv")}
+    env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(["bash", "tools/setup.sh", "env"], cwd=repo_root, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: Python 3.10.12 at {old} is too old: this project needs Python 3.11 or newer (the pinned transformers, "
+        "numpy, pandas and matplotlib require it); install one and set PYTHON=/path/to/python3.11"]
+    assert not (tmp_path / "venv").exists()
+    _python_stub(tmp_path / "venv" / "bin" / "python", "3.10.12")  # an environment made with it earlier
+    result = subprocess.run(["bash", "tools/setup.sh", "env"], cwd=repo_root, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path / 'venv'} has Python 3.10.12, too old: this project needs Python 3.11 or newer (the pinned "
+        f"transformers, numpy, pandas and matplotlib require it); remove {tmp_path / 'venv'} and run this again with "
+        "PYTHON=/path/to/python3.11"]
+
+
+def test_the_pinned_set_check_refuses_python_3_10(monkeypatch):
+    monkeypatch.setattr(pinned_env.sys, "version_info", (3, 10, 12, "final", 0))
+    assert pinned_env.first_difference({}) == "Python 3.10.12 is older than 3.11"
