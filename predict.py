@@ -15,15 +15,10 @@ from tuning.eval.predicting import (
     write_predictions,
 )
 from tuning.model.baichuan import check_model_dir
+from tuning.run_layout import default_run_dirs, use_lora_from_environment
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
 from tuning.runtime.errors import DataError, report_errors
-from tuning.runtime.paths import REPO_ROOT
-from tuning.train.run_folder import lora_run, use_lora_from_environment
-
-# Where ds_run_bf16.sh saves the tuned model: the 7B run, else the tiny CPU demo (as run_test.sh looks them up); with
-# USE_LORA=true the LoRA runs' folders (these names ending in -lora), which hold the merged models.
-DEFAULT_RUNS = (REPO_ROOT / "output" / "baichuan2-7b-waimai", REPO_ROOT / "output" / "demo" / "tiny-tuned")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,8 +59,7 @@ def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
         raise DataError("give reviews as arguments or with --input FILE, not both")
     if args.output:
         check_output_name(args.output)
-    runs = tuple(lora_run(run) for run in DEFAULT_RUNS) if use_lora_from_environment() else DEFAULT_RUNS
-    model_dir = check_model_dir(find_model(args.model, runs))
+    model_dir = check_model_dir(find_model(args.model, default_run_dirs(use_lora_from_environment())))
     if args.reviews:
         reviews = clean_reviews(args.reviews)
         if not reviews.texts:

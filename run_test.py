@@ -10,14 +10,18 @@ from rich.console import Console
 from tuning.eval.evaluate import PROMPT_DEFAULTS, EvalSettings, evaluate_model, prompt_settings
 from tuning.eval.report import examples_table, prompt_line, results_payload, summary_table, write_outputs
 from tuning.model.baichuan import check_model_dir
+from tuning.run_layout import (
+    EVAL_DIR,
+    run_defaults,
+    run_folder_of,
+    tuned_model_in,
+    use_lora_from_environment,
+)
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import read_jsonl
 from tuning.runtime.paths import REPO_ROOT
-from tuning.train.run_folder import lora_run, run_folder_of, tuned_model_in, use_lora_from_environment
-
-DEFAULT_RUN = REPO_ROOT / "output" / "baichuan2-7b-waimai"  # where `bash ds_run_bf16.sh` trains the 7B
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,14 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--base_model", type=Path, default=REPO_ROOT / "models" / "Baichuan2-7B-Base",
+    full_run, lora_run = run_defaults(), run_defaults(lora=True)
+    parser.add_argument("--base_model", type=Path, default=full_run.base_model,
                         help="folder of the base model (config.json, weights, tokenizer.model)")
     parser.add_argument("--tuned_model", type=Path, default=None,
                         help="folder of the fine-tuned model; default: the final model saved in --train_output_dir, "
                              "else its latest complete checkpoint-N")
     parser.add_argument("--train_output_dir", type=Path, default=None,
                         help="the training output folder where the default --tuned_model is looked up; default: "
-                             f"{DEFAULT_RUN.relative_to(REPO_ROOT)}, or {lora_run(DEFAULT_RUN).relative_to(REPO_ROOT)} "
+                             f"{full_run.output_dir.relative_to(REPO_ROOT)}, or {lora_run.output_dir.relative_to(REPO_ROOT)} "
                              "(the merged model of a LoRA run) with USE_LORA=true")
     parser.add_argument("--eval_data", type=Path, default=REPO_ROOT / "data" / "eval.jsonl",
                         help='eval reviews, one {"review": ..., "label": "积极"|"消极"} per line')
@@ -91,13 +96,13 @@ def check_output_folder(folder: Path) -> None:
 def run(args: argparse.Namespace, console: Console) -> list[Path]:
     """Evaluate both models, print the tables, write the result files; returns their paths."""
     shown = read_jsonl(args.eval_data, required_keys=("review",))[: args.max_samples][: args.num_examples]
-    train_output_dir = args.train_output_dir or (lora_run(DEFAULT_RUN) if use_lora_from_environment() else DEFAULT_RUN)
+    train_output_dir = args.train_output_dir or run_defaults(lora=use_lora_from_environment()).output_dir
     tuned_model = args.tuned_model or tuned_model_in(train_output_dir)
     model_dirs = {"base": check_model_dir(args.base_model), "tuned": check_model_dir(tuned_model)}
     prompt, sources, run_config = prompt_settings(
         {key: getattr(args, key) for key in PROMPT_DEFAULTS}, model_dirs["tuned"]
     )
-    output_dir = args.output_dir or run_folder_of(model_dirs["tuned"]) / "eval"
+    output_dir = args.output_dir or run_folder_of(model_dirs["tuned"]) / EVAL_DIR
     check_output_folder(output_dir)
     device = detect_device()
     prepare_device(device)

@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from tuning.data.waimai_csv import build_dataset, write_dataset
+from tuning.run_layout import run_defaults
 from tuning.runtime.devices import Device
 from tuning.runtime.errors import DataError
 from tuning.runtime.paths import REPO_ROOT
@@ -19,7 +20,7 @@ from tuning.runtime.paths import REPO_ROOT
 SHARED_DIR = Path(os.environ.get("SHARED_DIR", REPO_ROOT.parent / "shared"))
 SHARED_TOKENIZER = SHARED_DIR / "baichuan2" / "tokenizer.model"
 SHARED_CSV = SHARED_DIR / "data" / "waimai_10k.csv"
-MODEL_TOKENIZER = REPO_ROOT / "models" / "Baichuan2-7B-Base" / "tokenizer.model"
+MODEL_TOKENIZER = run_defaults().base_model / "tokenizer.model"
 # Environment variables that change what a benchmark measures; shown in front of the command when set.
 COMMAND_ENV = ("OMP_NUM_THREADS", "WAIMAI_DEVICE", "SHARED_DIR", "CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES")
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from bench.common import (
-    REPO_ROOT,
     default_data,
     display_path,
     format_table,
@@ -31,6 +30,7 @@ from tuning.eval.evaluate import (
 from tuning.eval.generation import greedy_generate, parse_answer
 from tuning.eval.predicting import Classifier, read_input_file, write_predictions
 from tuning.eval.scoring import label_log_probs
+from tuning.run_layout import run_defaults, tuned_model_in
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.devices import (
     compute_dtype,
@@ -40,9 +40,8 @@ from tuning.runtime.devices import (
 )
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import read_jsonl, write_jsonl
-from tuning.train.run_folder import tuned_model_in
 
-DEMO_MODEL = REPO_ROOT / "output" / "demo" / "tiny-tuned"
+DEMO_MODEL = run_defaults(demo=True).output_dir
 HOW_TO_MAKE_DEMO = (
     "make the demo's tuned model with `python make_data.py --download && bash ds_run_bf16.sh` (without "
     "models/Baichuan2-7B-Base it trains the tiny demo into output/demo/tiny-tuned), or pass --model"

@@ -14,9 +14,7 @@ from tuning.data.prompt import PromptFormat
 from tuning.eval.evaluate import PROMPT_DEFAULTS
 from tuning.model.baichuan import BaichuanConfig, load_tokenizer
 from tuning.model.tiny import build_tiny_base
-from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import write_json, write_jsonl
-from tuning.train.run_folder import recorded_run_config, tuned_model_in
 
 REVIEWS = [
     ("送餐很快，味道也不错，下次还点", "积极"),
@@ -150,19 +148,6 @@ def test_training_output_without_model_is_a_clear_error(demo):
     assert_one_line_error(result, str(empty), "no final model", "bash ds_run_bf16.sh")
 
 
-def test_tuned_model_prefers_final_model_over_checkpoints(tmp_path):
-    (tmp_path / "checkpoint-5").mkdir()
-    for folder in (tmp_path / "checkpoint-5", tmp_path):
-        (folder / "config.json").write_text("{}", encoding="utf-8")
-        (folder / "model.safetensors").write_bytes(b"")
-    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}", encoding="utf-8")
-    assert tuned_model_in(tmp_path) == tmp_path
-    (tmp_path / "model.safetensors").unlink()
-    assert tuned_model_in(tmp_path) == tmp_path / "checkpoint-5"
-    with pytest.raises(DataError, match="no final model"):
-        tuned_model_in(tmp_path / "checkpoint-5" / "missing")
-
-
 @pytest.mark.parametrize(
     "lines, message",
     [
@@ -256,17 +241,6 @@ def test_flags_override_the_training_run(demo, run_with_manifest, tmp_path):
                                           "model_max_length": "training run"}
     assert payload["label_words"] == ["good", "bad"] and payload["label_counts"] == {"good": 5, "bad": 6}
     assert all(model["truncated_prompts"] == 0 for model in payload["models"].values())
-
-
-def test_run_config_is_beside_the_model_or_its_checkpoint_folder(tmp_path):
-    (tmp_path / "run" / "checkpoint-20").mkdir(parents=True)
-    (tmp_path / "run" / "other").mkdir()
-    assert recorded_run_config(tmp_path / "run") is None
-    (tmp_path / "run" / "run_config.json").write_text('{"data": {}}', encoding="utf-8")
-    config = tmp_path / "run" / "run_config.json"
-    assert recorded_run_config(tmp_path / "run") == (config, {"data": {}})
-    assert recorded_run_config(tmp_path / "run" / "checkpoint-20") == (config, {"data": {}})
-    assert recorded_run_config(tmp_path / "run" / "other") is None  # only a checkpoint-N belongs to its parent's run
 
 
 @pytest.mark.parametrize(

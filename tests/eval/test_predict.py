@@ -150,7 +150,7 @@ def test_probabilities_are_a_softmax_over_the_label_words(trained):
 
 
 def test_the_default_model_is_the_latest_tuned_run(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", trained["run"]))
+    monkeypatch.setattr(predict, "default_run_dirs", lambda lora: [tmp_path / "baichuan2-7b-waimai", trained["run"]])
     monkeypatch.delenv("USE_LORA", raising=False)
     code, records, err = predict_main(["好吃"], monkeypatch, capsys)
     assert code == 0 and records[0]["label"] in LABEL_WORDS
@@ -159,7 +159,8 @@ def test_the_default_model_is_the_latest_tuned_run(trained, tmp_path, monkeypatc
 
 def test_use_lora_takes_the_merged_model_of_the_lora_run(trained, tmp_path, monkeypatch, capsys):
     """USE_LORA=true: the folders `USE_LORA=true bash ds_run_bf16.sh` trains into, never a full run's model."""
-    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", tmp_path / "tiny-tuned"))
+    monkeypatch.setattr(predict, "default_run_dirs", lambda lora: [tmp_path / f"baichuan2-7b-waimai{'-lora' * lora}",
+                                                                tmp_path / f"tiny-tuned{'-lora' * lora}"])
     shutil.copytree(trained["run"], tmp_path / "tiny-tuned")
     shutil.copytree(trained["run"], tmp_path / "tiny-tuned-lora")  # stands in for a LoRA run's merged model
     monkeypatch.setenv("USE_LORA", "true")
@@ -242,7 +243,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(trained, bad_files, mo
 
 
 def test_other_mistakes_are_one_line_errors(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", tmp_path / "tiny-tuned"))
+    monkeypatch.setattr(predict, "default_run_dirs", lambda lora: [tmp_path / "baichuan2-7b-waimai", tmp_path / "tiny-tuned"])
     monkeypatch.delenv("USE_LORA", raising=False)
     cases = [
         (["好吃"], f"error: no tuned model in {tmp_path / 'baichuan2-7b-waimai'} or {tmp_path / 'tiny-tuned'}; "

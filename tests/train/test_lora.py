@@ -18,19 +18,13 @@ from tiny_models import ONE_PROCESS_FLAGS
 from torch import nn
 
 from tuning.model.baichuan import BaichuanForCausalLM, load_model, load_tokenizer, tiny_config
+from tuning.run_layout import ADAPTER_DIR, MANIFEST_NAME, SUMMARY_NAME, latest_complete_checkpoint, tuned_model_in
 from tuning.runtime.devices import detect_device
 from tuning.runtime.errors import DataError
 from tuning.train.lora import add_lora, merge_adapter, parameter_counts
 from tuning.train.lora import main as lora_main
 from tuning.train.recipe import LORA_LAYERS, LoraArguments, parse_recipe
 from tuning.train.run import DESCRIPTION, build_trainer, main
-from tuning.train.run_folder import (
-    ADAPTER_DIR,
-    MANIFEST_NAME,
-    SUMMARY_NAME,
-    latest_complete_checkpoint,
-    tuned_model_in,
-)
 
 REVIEWS = ["送餐很快，饭菜还是热的，好评", "等了一个半小时，汤都洒了", "一般"]
 

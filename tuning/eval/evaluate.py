@@ -18,9 +18,9 @@ from tuning.model.baichuan import (
     load_model,
     load_tokenizer,
 )
+from tuning.run_layout import recorded_run_config
 from tuning.runtime.devices import Device, timed
 from tuning.runtime.errors import DataError
-from tuning.train.run_folder import recorded_run_config
 
 # The training run's settings that shape the prompts (train.py flags), and their defaults when no run recorded them.
 PROMPT_DEFAULTS = {"prompt_template": DEFAULT_TEMPLATE, "label_words": DEFAULT_LABEL_WORDS, "model_max_length": 1024}

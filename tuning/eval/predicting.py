@@ -14,10 +14,10 @@ from tuning.data.waimai_csv import clean_review, csv_records, decode_csv
 from tuning.eval.evaluate import load_for_inference, prompt_settings
 from tuning.eval.scoring import label_log_probs
 from tuning.model.baichuan import BaichuanConfig, BaichuanForCausalLM, BaichuanTokenizer, load_tokenizer
+from tuning.run_layout import tuned_model_in
 from tuning.runtime.devices import Device
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import atomic_writer, dump_jsonl, read_jsonl, write_jsonl
-from tuning.train.run_folder import tuned_model_in
 
 INPUT_SUFFIXES = (".jsonl", ".csv", ".txt")
 OUTPUT_SUFFIXES = (".jsonl", ".csv")

@@ -19,11 +19,11 @@ from transformers import PreTrainedModel
 
 from tuning.model.baichuan import BaichuanConfig, BaichuanForCausalLM, check_model_dir, load_model, load_tokenizer
 from tuning.model.files import missing_adapter_files, missing_model_files
+from tuning.run_layout import ADAPTER_DIR
 from tuning.runtime.cli import HelpFormatter
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import move_files, replace_folder, staging_folder
 from tuning.train.recipe import LoraArguments
-from tuning.train.run_folder import ADAPTER_DIR
 from tuning.train.trainer import WaimaiTrainer
 
 

@@ -9,16 +9,14 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from tuning.data.collate import PADDING_MODES
 from tuning.data.prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE
+from tuning.run_layout import read_recipe_file, recipe_file
 from tuning.runtime.errors import DataError
-from tuning.runtime.paths import REPO_ROOT
 
-DEFAULT_RECIPE = REPO_ROOT / "configs" / "baichuan2_7b.yaml"
-DEFAULT_LORA_RECIPE = REPO_ROOT / "configs" / "baichuan2_7b_lora.yaml"
+DEFAULT_RECIPE, DEFAULT_LORA_RECIPE = recipe_file(), recipe_file(lora=True)
 RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
@@ -208,19 +206,6 @@ class Recipe:
     data: DataArguments
     lora: LoraArguments
     training: TrainingFlags
-
-
-def read_recipe_file(path: Path) -> dict:
-    """The recipe's `flag: value` mapping; a missing, unreadable or malformed file is a DataError naming it."""
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise DataError(f"{path}: cannot read the recipe ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise DataError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(values, dict):
-        raise DataError(f"{path}: a recipe is a mapping of flag: value lines")
-    return values
 
 
 def recipe_parser(description: str, recipe_path: Path | None = None) -> HfArgumentParser:

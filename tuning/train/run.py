@@ -23,6 +23,7 @@ from tuning.model.baichuan import (
     load_model,
     load_tokenizer,
 )
+from tuning.run_layout import CONFIG_NAME, CURVES_NAME, MANIFEST_NAME, SUMMARY_NAME
 from tuning.runtime.devices import (
     Device,
     compute_dtype,
@@ -54,15 +55,7 @@ from tuning.train.recipe import (
     parse_recipe,
     training_argument_values,
 )
-from tuning.train.run_folder import (
-    CONFIG_NAME,
-    CURVES_NAME,
-    MANIFEST_NAME,
-    SUMMARY_NAME,
-    check_shared_output_dir,
-    plan_resume,
-    run_shape,
-)
+from tuning.train.run_folder import check_shared_output_dir, plan_resume, run_shape
 from tuning.train.trainer import LabelAccuracy, WaimaiTrainer
 
 EVAL_KEYS = ("eval_loss", "eval_accuracy", "eval_macro_f1")  # reported in train_summary.json
