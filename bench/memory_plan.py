@@ -50,8 +50,9 @@ from bench.common import (
 from tuning.data.prompt import LABEL_WORDS, PromptFormat
 from tuning.data.waimai_csv import read_rows
 from tuning.model.baichuan import BaichuanConfig, BaichuanTokenizer
+from tuning.run_layout import read_recipe_file, recipe_file
 from tuning.runtime.errors import report_errors
-from tuning.train.recipe import LORA_LAYERS, LoraArguments
+from tuning.train.flags import LORA_LAYERS
 
 GIB = 1024**3
 ANSWER_TOKENS = 2  # 积极 / 消极 are one token each with the Baichuan2 vocabulary, + eos
@@ -174,7 +175,7 @@ class Lora:
         return dataclasses.replace(full, layer=full.layer + batch * seq_len * per_token + weight_copies)
 
 
-DEFAULT_LORA = Lora(rank=LoraArguments.lora_rank, targets=LORA_LAYERS)  # configs/baichuan2_7b_lora.yaml's adapter
+DEFAULT_LORA = Lora(rank=read_recipe_file(recipe_file(lora=True))["lora_rank"], targets=LORA_LAYERS)  # configs/baichuan2_7b_lora.yaml's adapter
 
 
 def model_states(total: int, largest: int, devices: int, strategy: str) -> tuple[int, int]:

@@ -9,8 +9,8 @@ import torch
 
 from bench import memory_plan
 from tuning.model.baichuan import BaichuanConfig, BaichuanForCausalLM, tiny_config
+from tuning.train.flags import LORA_LAYERS, LoraArguments
 from tuning.train.lora import add_lora, parameter_counts
-from tuning.train.recipe import LORA_LAYERS, LoraArguments
 
 LENGTHS = memory_plan.SequenceLengths(mean=40, p95=90, max=200, target=2, source="test")
 
@@ -72,7 +72,7 @@ def test_layer_formula_matches_what_autograd_saves():
 
 @pytest.mark.parametrize("dropout, mask_bytes", [(0.05, 4), (0.0, 0)])  # the CPU's unfused dropout keeps a fp32 mask
 def test_lora_layer_formula_matches_what_autograd_saves(dropout, mask_bytes):
-    batch, seq_len, lora = 2, 48, LoraArguments(use_lora=True, lora_dropout=dropout)
+    batch, seq_len, lora = 2, 48, LoraArguments(use_lora=True, lora_rank=8, lora_dropout=dropout)
     measured = saved_activation_bytes(2, batch, seq_len, lora) - saved_activation_bytes(1, batch, seq_len, lora)
     plan_lora = memory_plan.Lora(lora.lora_rank, LORA_LAYERS, mask_bytes)
     predicted = plan_lora.activations(SMALL_SHAPE, batch, seq_len, seq_len).layer
@@ -82,7 +82,7 @@ def test_lora_layer_formula_matches_what_autograd_saves(dropout, mask_bytes):
 
 @pytest.mark.parametrize("target", [",".join(LORA_LAYERS), "W_pack"])
 def test_lora_parameter_count_matches_peft(target):
-    lora = LoraArguments(use_lora=True, lora_target=target)
+    lora = LoraArguments(use_lora=True, lora_rank=8, lora_dropout=0.05, lora_target=target)
     trainable, _ = parameter_counts(add_lora(small_model(2), lora, gradient_checkpointing=False))
     shape = memory_plan.Shape(vocab_size=300, hidden_size=256, intermediate_size=688, num_layers=2)
     assert shape.lora_parameters(lora.lora_rank, tuple(lora.target_modules())) == trainable

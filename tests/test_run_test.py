@@ -11,7 +11,7 @@ import pytest
 
 from run_test import main
 from tuning.data.prompt import PromptFormat
-from tuning.eval.evaluate import PROMPT_DEFAULTS
+from tuning.eval.evaluate import PROMPT_SETTINGS
 from tuning.model.baichuan import BaichuanConfig, load_tokenizer
 from tuning.model.tiny import build_tiny_base
 from tuning.runtime.fileio import write_json, write_jsonl
@@ -95,7 +95,7 @@ def test_end_to_end_table_metrics_and_files(demo):
         assert scoring["num_other"] == 0  # label scoring always picks a label word
         assert sum(map(sum, generation["metrics"]["confusion_matrix"]["counts"])) == len(REVIEWS)
     assert payload["training_config"] is None  # no run_config.json: train.py's defaults
-    assert {key: payload["settings"][key] for key in PROMPT_DEFAULTS} == {
+    assert {key: payload["settings"][key] for key in PROMPT_SETTINGS} == {
         "prompt_template": "{review} -> ", "label_words": "积极,消极", "model_max_length": 1024
     }
     assert set(payload["setting_sources"].values()) == {"default"}
@@ -223,7 +223,7 @@ def test_both_models_get_the_prompts_the_tuned_model_was_trained_with(demo, run_
     manifest = run_with_manifest / "run_config.json"
     assert payload["training_config"] == str(manifest)
     assert payload["settings"]["prompt_template"] == LONG_TEMPLATE
-    assert payload["setting_sources"] == dict.fromkeys(PROMPT_DEFAULTS, "training run")
+    assert payload["setting_sources"] == dict.fromkeys(PROMPT_SETTINGS, "training run")
     assert payload["label_words"] == ["好评", "差评"]  # the eval file's 积极/消极, mapped in order
     assert payload["label_counts"] == {"好评": 5, "差评": 6} and payload["examples"][0]["label"] == "好评"
     for model in payload["models"].values():

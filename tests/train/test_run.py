@@ -31,7 +31,7 @@ from tuning.run_layout import (
 from tuning.runtime.devices import detect_device
 from tuning.runtime.errors import DataError
 from tuning.train.recipe import parse_recipe
-from tuning.train.run import DESCRIPTION, build_trainer, main, run_identity, setup_training_arguments
+from tuning.train.run import build_trainer, main, run_identity, setup_training_arguments
 from tuning.train.run_folder import check_output_dir, resolve_resume
 
 
@@ -101,7 +101,7 @@ def test_a_bad_record_is_named_by_file_and_line(tiny_base, tmp_path):
 
 
 def _recipe(flags):
-    return parse_recipe(flags, DESCRIPTION)
+    return parse_recipe(flags)
 
 
 def _trainer(tiny_base, data_dir, tmp_path, *extra):

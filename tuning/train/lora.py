@@ -23,7 +23,7 @@ from tuning.run_layout import ADAPTER_DIR
 from tuning.runtime.cli import HelpFormatter
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import move_files, replace_folder, staging_folder
-from tuning.train.recipe import LoraArguments
+from tuning.train.flags import LoraArguments
 from tuning.train.trainer import WaimaiTrainer
 
 
