@@ -158,7 +158,7 @@ def tuned_model_in(run_dir: str | Path) -> Path:
     if missing_model_files(checkpoint):
         raise DataError(
             f"{run_dir}: no merged model yet, and {checkpoint.name} holds only a LoRA adapter: run the same training "
-            f"command again to finish, or merge it with `python -m tuning.train.lora --base_model BASE --adapter "
+            f"command again to finish, or merge it with `python -m tuning.train.merge_lora --base_model BASE --adapter "
             f"{checkpoint} --output_dir DIR`"
         )
     return checkpoint

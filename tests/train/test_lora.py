@@ -23,7 +23,7 @@ from tuning.runtime.devices import detect_device
 from tuning.runtime.errors import DataError
 from tuning.train.flags import LORA_LAYERS, LoraArguments
 from tuning.train.lora import add_lora, merge_adapter, parameter_counts
-from tuning.train.lora import main as lora_main
+from tuning.train.merge_lora import main as merge_main
 from tuning.train.recipe import parse_recipe
 from tuning.train.run import build_trainer, main
 
@@ -219,21 +219,21 @@ def test_an_adapter_only_checkpoint_is_complete_and_can_be_merged(lora_run, tiny
     shutil.copytree(lora_run["dir"] / "checkpoint-2", run / "checkpoint-2")
     assert latest_complete_checkpoint(run) == run / "checkpoint-2"
     with pytest.raises(DataError, match=r"no merged model yet, and checkpoint-2 holds only a LoRA adapter.*"
-                                        r"python -m tuning.train.lora --base_model BASE --adapter"):
+                                        r"python -m tuning.train.merge_lora --base_model BASE --adapter"):
         tuned_model_in(run)
     merged = tmp_path / "merged"
-    assert lora_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
+    assert merge_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
                       "--output_dir", str(merged)]) == 0
     batch = _batch(tiny_base)
     with_adapter = PeftModel.from_pretrained(load_model(tiny_base), str(run / "checkpoint-2"))
     torch.testing.assert_close(_logits(load_model(merged), batch), _logits(with_adapter, batch), rtol=1e-5, atol=1e-5)
     capsys.readouterr()
-    assert lora_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
+    assert merge_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
                       "--output_dir", str(merged)]) == 2
     assert capsys.readouterr().err == f"error: --output_dir {merged} already holds a model; choose another folder\n"
     (run / "checkpoint-2" / "adapter_model.safetensors").unlink()  # as if the save had stopped half-way
     assert latest_complete_checkpoint(run) is None
-    assert lora_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
+    assert merge_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
                       "--output_dir", str(tmp_path / "other")]) == 2
     assert capsys.readouterr().err == (f"error: {run / 'checkpoint-2'}: not a LoRA adapter folder (no "
                                        "adapter_model.safetensors or adapter_model.bin)\n")
