@@ -15,6 +15,7 @@ from tuning.eval.evaluate import PROMPT_SETTINGS
 from tuning.model.baichuan import BaichuanConfig, load_tokenizer
 from tuning.model.tiny import build_tiny_base
 from tuning.runtime.fileio import write_json, write_jsonl
+from tuning.runtime.paths import REPO_ROOT
 
 REVIEWS = [
     ("送餐很快，味道也不错，下次还点", "积极"),
@@ -43,9 +44,6 @@ def demo(tmp_path_factory) -> dict:
     (train_output_dir / "checkpoint-3" / "trainer_state.json").write_text("{}", encoding="utf-8")
     (train_output_dir / "checkpoint-9").mkdir()  # an interrupted save: no weights, no trainer_state.json
     return {"root": root, "eval_data": eval_data, "base": root / "base", "train_output_dir": train_output_dir}
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
