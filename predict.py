@@ -3,27 +3,11 @@
 import argparse
 import sys
 from pathlib import Path
-from typing import IO
 
-from tuning.eval.predicting import (
-    Classifier,
-    check_output_name,
-    clean_reviews,
-    find_model,
-    read_input_file,
-    read_stdin,
-    write_predictions,
-)
-from tuning.model.baichuan import check_model_dir
+from tuning.run_layout import default_run_dirs
 from tuning.runtime.cli import HelpFormatter, whole_number
-from tuning.runtime.devices import compute_dtype, detect_device, prepare_device
-from tuning.runtime.errors import DataError, report_errors
+from tuning.runtime.errors import report_errors
 from tuning.runtime.paths import REPO_ROOT
-from tuning.train.run_folder import lora_run, use_lora_from_environment
-
-# Where ds_run_bf16.sh saves the tuned model: the 7B run, else the tiny CPU demo (as run_test.sh looks them up); with
-# USE_LORA=true the LoRA runs' folders (these names ending in -lora), which hold the merged models.
-DEFAULT_RUNS = (REPO_ROOT / "output" / "baichuan2-7b-waimai", REPO_ROOT / "output" / "demo" / "tiny-tuned")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,15 +25,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("reviews", nargs="*", metavar="TEXT", help="reviews to classify")
+    runs, lora_runs = ([str(run.relative_to(REPO_ROOT)) for run in default_run_dirs(lora)] for lora in (False, True))
     parser.add_argument("--model", type=Path, default=None,
                         help="a fine-tuned model folder, or a training output folder (its final model, else its "
-                             "latest complete checkpoint-N); default: output/baichuan2-7b-waimai when it holds a "
-                             "model, else the CPU demo's output/demo/tiny-tuned; with USE_LORA=true the merged "
-                             "models in output/baichuan2-7b-waimai-lora, else output/demo/tiny-tuned-lora")
-    parser.add_argument("--input", type=Path, default=None,
+                             f"latest complete checkpoint-N); default: {runs[0]} when it holds a model, else the CPU "
+                             f"demo's {runs[1]}; with USE_LORA=true the merged models in {lora_runs[0]}, else "
+                             f"{lora_runs[1]}")
+    parser.add_argument("--input", type=Path, default=None, dest="input_file", metavar="FILE",
                         help="reviews in a file: .jsonl with a review field, .csv with a review column (UTF-8 or "
                              "GB18030), or .txt with one review per line; shows a progress bar on stderr")
-    parser.add_argument("--output", type=Path, default=None,
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE",
                         help="write the answers to this .jsonl or .csv file (UTF-8 with BOM) instead of stdout; "
                              "it is replaced only once every review is classified")
     parser.add_argument("--batch_size", type=whole_number(1), default=16,
@@ -59,45 +44,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace, stdin: IO[bytes], stdout: IO[str]) -> int:
-    if args.reviews and args.input:
-        raise DataError("give reviews as arguments or with --input FILE, not both")
-    if args.output:
-        check_output_name(args.output)
-    runs = tuple(lora_run(run) for run in DEFAULT_RUNS) if use_lora_from_environment() else DEFAULT_RUNS
-    model_dir = check_model_dir(find_model(args.model, runs))
-    if args.reviews:
-        reviews = clean_reviews(args.reviews)
-        if not reviews.texts:
-            raise DataError(f"no reviews: the {reviews.empty} given are empty")
-    elif args.input:
-        reviews = read_input_file(args.input)
-    else:
-        if stdin.isatty():
-            print("reading reviews from stdin, one per line; end with Ctrl-D", file=sys.stderr)
-        reviews = read_stdin(stdin)
-    device = detect_device()
-    prepare_device(device)
-    dtype = compute_dtype(device, want_bf16=not args.fp32)
-    classifier = Classifier.load(model_dir, device, dtype, args.batch_size)
-    shown = model_dir.relative_to(Path.cwd()) if model_dir.is_relative_to(Path.cwd()) else model_dir
-    print(f"model {shown} ({device.kind}, {str(dtype).removeprefix('torch.')}), label words "
-          f"{','.join(classifier.prompt_format.label_words)}: {len(reviews.texts)} reviews", file=sys.stderr)
-    predictions = classifier.classify(reviews.texts, progress=args.input is not None)
-    if reviews.empty:
-        print(f"skipped {reviews.empty} empty reviews", file=sys.stderr)
-    if predictions.truncated:
-        print(f"cut {predictions.truncated} reviews longer than model_max_length {classifier.model_max_length}, "
-              "as in training", file=sys.stderr)
-    write_predictions(predictions.records, args.output, stdout)
-    if args.output:
-        print(f"wrote {args.output}", file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return report_errors(lambda: run(args, sys.stdin.buffer, sys.stdout))
+    from tuning.eval.predicting import predict  # torch and transformers load only once the flags are parsed
+
+    return report_errors(lambda: predict(**vars(args), stdin=sys.stdin.buffer, stdout=sys.stdout))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 import sys
 
-from tuning.train.run import main
+from tuning.train.flags import check_flags
 
 if __name__ == "__main__":
+    check_flags(sys.argv[1:])  # --help and flag errors answer here, before torch, transformers and DeepSpeed load
+    from tuning.train.run import main
+
     sys.exit(main(sys.argv[1:]))

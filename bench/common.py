@@ -12,21 +12,21 @@ import torch
 import transformers
 
 from tuning.data.waimai_csv import build_dataset, write_dataset
+from tuning.run_layout import run_defaults
 from tuning.runtime.devices import Device
 from tuning.runtime.errors import DataError
 from tuning.runtime.paths import REPO_ROOT
 
 SHARED_DIR = Path(os.environ.get("SHARED_DIR", REPO_ROOT.parent / "shared"))
-SHARED_TOKENIZER = SHARED_DIR / "baichuan2" / "tokenizer.model"
 SHARED_CSV = SHARED_DIR / "data" / "waimai_10k.csv"
-MODEL_TOKENIZER = REPO_ROOT / "models" / "Baichuan2-7B-Base" / "tokenizer.model"
 # Environment variables that change what a benchmark measures; shown in front of the command when set.
 COMMAND_ENV = ("OMP_NUM_THREADS", "WAIMAI_DEVICE", "SHARED_DIR", "CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES")
 
 
 def default_tokenizer() -> Path:
-    """The real Baichuan2 tokenizer.model: from $SHARED_DIR (or ../shared), else from models/Baichuan2-7B-Base."""
-    return SHARED_TOKENIZER if SHARED_TOKENIZER.is_file() or not MODEL_TOKENIZER.is_file() else MODEL_TOKENIZER
+    """The real Baichuan2 tokenizer.model: from $SHARED_DIR (or ../shared), else from the 7B recipe's model folder."""
+    shared, model = SHARED_DIR / "baichuan2" / "tokenizer.model", run_defaults().base_model / "tokenizer.model"
+    return shared if shared.is_file() or not model.is_file() else model
 
 
 def default_data(split: str) -> Path:
@@ -52,12 +52,6 @@ def display_path(path: Path) -> str:
         if resolved.is_relative_to(root):
             return shown + str(resolved.relative_to(root))
     return path.name
-
-
-def require_file(path: Path, flag: str, what: str) -> Path:
-    if not path.is_file():
-        raise DataError(f"{flag} {path}: file not found ({what})")
-    return path
 
 
 def machine_description(device: Device) -> str:

@@ -1,7 +1,8 @@
 """Evaluation throughput: the original's one-review-at-a-time generation against batched label scoring.
 
 Both answer every review; the report gives reviews/s, the ratio and how often the two answers agree. A third row
-times predict.py's path on a file of the same reviews (read the file, label scoring, write the JSONL answers).
+times predict.py's path on a file of the same reviews (read the file, label scoring, write the JSONL answers). The
+last line is `speedup_vs_original: <ratio>`.
 
 Run from the repository root:  python bench/eval_throughput.py   (or python -m bench.eval_throughput)
 """
@@ -14,59 +15,26 @@ from pathlib import Path
 
 import torch
 
-from bench.common import (
-    REPO_ROOT,
-    default_data,
-    display_path,
-    format_table,
-    header_lines,
-    split_jsonl,
-)
-from tuning.eval.evaluate import (
-    EvalSettings,
-    encode_eval_data,
-    load_for_inference,
-    prompt_settings,
-)
+from bench.common import default_data, display_path, format_table, header_lines, split_jsonl
+from tuning.eval.evaluate import EvalSettings, encode_eval_data, prompt_settings
 from tuning.eval.generation import greedy_generate, parse_answer
-from tuning.eval.predicting import Classifier, read_input_file, write_predictions
-from tuning.eval.scoring import label_log_probs
+from tuning.eval.inference import inference_setup, load_for_inference
+from tuning.eval.predicting import Classifier, find_model, read_input_file, write_predictions
+from tuning.eval.scoring import candidate_ids, label_log_probs
+from tuning.run_layout import run_defaults
 from tuning.runtime.cli import HelpFormatter, whole_number
-from tuning.runtime.devices import (
-    compute_dtype,
-    detect_device,
-    prepare_device,
-    timed,
-)
-from tuning.runtime.errors import DataError, report_errors
+from tuning.runtime.devices import timed
+from tuning.runtime.errors import report_errors
 from tuning.runtime.fileio import read_jsonl, write_jsonl
-from tuning.train.run_folder import tuned_model_in
 
-DEMO_MODEL = REPO_ROOT / "output" / "demo" / "tiny-tuned"
-HOW_TO_MAKE_DEMO = (
-    "make the demo's tuned model with `python make_data.py --download && bash ds_run_bf16.sh` (without "
-    "models/Baichuan2-7B-Base it trains the tiny demo into output/demo/tiny-tuned), or pass --model"
-)
-
-
-def tuned_model_dir(path: Path) -> Path:
-    """The model folder, or a training output folder's final model / latest complete checkpoint."""
-    if not path.exists():
-        raise DataError(f"--model {path}: not found; {HOW_TO_MAKE_DEMO}")
-    try:
-        return tuned_model_in(path)
-    except DataError:
-        raise DataError(
-            f"--model {path}: no model files and no complete checkpoint-N folder; {HOW_TO_MAKE_DEMO}"
-        ) from None
+DEMO_RUN = run_defaults(demo=True).output_dir  # where the CPU demo (`make demo`) saves its tuned model
 
 
 def benchmark(args: argparse.Namespace) -> list[str]:
     """Time both ways over the same reviews, round after round; return the report's lines."""
-    model_dir = tuned_model_dir(args.model)
-    device = detect_device()
-    prepare_device(device)
-    dtype = compute_dtype(device, want_bf16=not args.fp32)
+    model_dir = find_model(args.model, [DEMO_RUN])
+    setup = inference_setup(args.fp32)
+    device, dtype = setup.device, setup.dtype
     for line in header_lines(device, dtype):
         print(line, flush=True)
     # The prompts the model was trained with (its run_config.json), as run_test.py uses them.
@@ -81,7 +49,7 @@ def benchmark(args: argparse.Namespace) -> list[str]:
         label_words = prompt_format.label_words
         prompts = split.prompts()
         model = load_for_inference(model_dir, device, dtype)
-        candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
+        candidates = candidate_ids(prompt_format, tokenizer)
         pad_token_id, eos_token_id = model.config.pad_token_id, prompt_format.eos_token_id
         classifier = Classifier(model, tokenizer, prompt_format, args.model_max_length, args.batch_size)
 
@@ -161,20 +129,12 @@ def report(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=(
-            "Measure evaluation speed: the original recipe's way (generate a few tokens for one review at a time "
-            "and read the label word from the text) against label scoring (one batched forward pass compares the "
-            "log-probability of each label word after the prompt). Both run on the same eval reviews with the "
-            "same fine-tuned model, round after round; prints reviews/s, the ratio, each method's accuracy and "
-            "how often the two answers agree. predict.py's path on a file of the same reviews (read, score, write "
-            "the answers) is timed too. The last line is `speedup_vs_original: <ratio>`. Runs on the NPU "
-            "or GPU when there is one (bf16), else on the CPU (fp32)."
-        ),
+        description=__doc__,
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", type=Path, default=DEMO_MODEL,
+    parser.add_argument("--model", type=Path, default=None,
                         help="the fine-tuned model folder, or a training output folder (its final model, else its "
-                             "latest complete checkpoint); the default is where the CPU demo saves its tuned model")
+                             f"latest complete checkpoint); default: the CPU demo's {display_path(DEMO_RUN)}")
     parser.add_argument("--data", type=Path, default=default_data("eval"),
                         help="eval reviews: eval.jsonl from make_data.py, or waimai_10k.csv (split as "
                              "make_data.py does); by default data/eval.jsonl, else $SHARED_DIR/data/waimai_10k.csv")
@@ -184,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="generation: tokens generated per review, as the original")
     parser.add_argument("--model_max_length", type=whole_number(), default=None,
                         help="most tokens of prompt + answer + eos: longer reviews are cut as in training and "
-                             "run_test.py (default: the training run's, from its run_manifest.json, else 1024)")
+                             "run_test.py (default: the training run's, else the default recipe's)")
     parser.add_argument("--rounds", type=whole_number(), default=2,
                         help="rounds; each times both methods over all reviews")
     parser.add_argument("--fp32", action="store_true", help="compute in fp32 even on a device with native bf16")

@@ -1,8 +1,9 @@
 """Training throughput of the original recipe against ours, side by side on one machine, one model, the same reviews.
 
 The headline compares the same optimisation: ours takes the original's 4 samples per optimizer step in one pass
-instead of four. After the measurements come the 7B's compute and step ceilings on real hardware (estimates,
-bench/ceilings.py).
+instead of four, as do its ablations (ours without one change each); ours-larger-batch is a hyperparameter change. The
+last two lines are `speedup_same_optimization: <ratio>` and `speedup_vs_original: <the same ratio>`. What to expect
+of the 7B on 8 devices is estimated in bench/RESULTS.md, with the arithmetic.
 
 Each configuration runs in a fresh process (nothing carries over between them, and the memory peak is its own),
 round after round in rotating order, so that load from other programs spreads over all of them.
@@ -21,7 +22,6 @@ from pathlib import Path
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from bench.ceilings import Recipe, ceiling_lines, micro_batch_of
 from bench.common import (
     default_data,
     default_tokenizer,
@@ -30,14 +30,9 @@ from bench.common import (
     format_duration,
     format_table,
     header_lines,
-    require_file,
     split_jsonl,
 )
-from bench.memory_plan import Shape
-from transformers_modify.step_metrics import (
-    peak_bf16_flops,
-    training_flops_per_token,
-)
+from transformers_modify.step_metrics import peak_bf16_flops, training_flops_per_token
 from tuning.data.collate import PaddingCollator
 from tuning.data.encode import load_split
 from tuning.data.prompt import IGNORE_INDEX, PromptFormat
@@ -59,7 +54,7 @@ from tuning.runtime.devices import (
     reset_peak_memory,
     timed,
 )
-from tuning.runtime.errors import DataError
+from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import write_json
 
 # Model shapes; all keep the tokenizer's vocabulary (125,696 rows for Baichuan2), which is what makes
@@ -205,11 +200,7 @@ def rss_bytes(field: str) -> int | None:
 
 
 def reset_memory_peak(device: Device) -> int | None:
-    """Start a new memory peak and return its baseline.
-
-    The baseline is the resident memory on the CPU (None where it cannot be measured) and 0 on accelerators,
-    whose peak is absolute.
-    """
+    """Start a new memory peak; its baseline: resident memory on the CPU (None if unknown), 0 on accelerators."""
     if device.kind != "cpu":
         reset_peak_memory(device)
         return 0
@@ -288,8 +279,8 @@ def run_worker(plan_file: Path, result_file: Path) -> None:
 # ---- the driver ----
 
 
-class WorkerError(RuntimeError):
-    """A configuration's process failed (for example out of memory)."""
+class WorkerError(ChildProcessError):
+    """A configuration's process failed (for example out of memory): report_errors prints it, exit code 1."""
 
 
 def run_in_fresh_process(plan: dict, workdir: Path) -> dict:
@@ -331,8 +322,9 @@ def plan_rounds(
 
 def benchmark(args: argparse.Namespace, setups: list[TrainSetup]) -> list[str]:
     """Measure every setup; return the report's lines."""
-    tokenizer_file = require_file(args.tokenizer, "--tokenizer", "the Baichuan2 tokenizer.model")
-    tokenizer = BaichuanTokenizer(vocab_file=str(tokenizer_file))
+    if not args.tokenizer.is_file():
+        raise DataError(f"--tokenizer {args.tokenizer}: file not found (the Baichuan2 tokenizer.model)")
+    tokenizer = BaichuanTokenizer(vocab_file=str(args.tokenizer))
     config = model_config(args.preset, args.layers, tokenizer, args.max_length)
     prompt_format = PromptFormat.from_config(config)
     device = detect_device()
@@ -366,10 +358,7 @@ def benchmark(args: argparse.Namespace, setups: list[TrainSetup]) -> list[str]:
                 measured[setup.name].add(result)
                 print(f"round {round_index + 1}/{args.rounds}  {setup.name}: "
                       f"{result['samples'] / result['seconds']:.2f} samples/s", file=sys.stderr, flush=True)
-
-        ceilings = seven_b_ceilings(args, tokenizer, features, lengths, {setup.name: setup for setup in setups},
-                                    padding_share["ours"])
-    return report(args, config, device, setups, measured, padding_share, lengths, ceilings)
+    return report(args, config, device, setups, measured, padding_share, lengths)
 
 
 def report(
@@ -380,9 +369,8 @@ def report(
     measured: dict[str, Measurement],
     padding_share: dict[str, float],
     lengths: list[int],
-    ceilings: list[str],
 ) -> list[str]:
-    """The table, the ratios, the 7B's ceilings and, last, `speedup_same_optimization` and `speedup_vs_original`."""
+    """The table, the ratios and, last, `speedup_same_optimization` and `speedup_vs_original`."""
     original, ours = measured["original"], measured["ours"]
     original_step = next(setup for setup in setups if setup.name == "original").samples_per_step
     memory_what = ("peak device memory allocated" if device.kind != "cpu"
@@ -446,31 +434,8 @@ def report(
                      f"{original.peak_flops / 1e12:.0f} TFLOP/s; per token 6 x the parameters without the input "
                      "embedding + 12 x layers x hidden x sequence length (transformers_modify/step_metrics.py, as in "
                      "the training log), so the output head counts at every token even where ours skips it")
-    lines += ["", *ceilings, "", f"speedup_same_optimization: {speedup:.2f}", f"speedup_vs_original: {speedup:.2f}"]
+    lines += ["", f"speedup_same_optimization: {speedup:.2f}", f"speedup_vs_original: {speedup:.2f}"]
     return lines
-
-
-def seven_b_ceilings(
-    args: argparse.Namespace,
-    tokenizer: BaichuanTokenizer,
-    features: list[dict],
-    lengths: list[int],
-    setups: dict[str, TrainSetup],
-    padding_share: float,
-) -> list[str]:
-    """bench/ceilings.py's compute and step ceilings of the 7B on --devices devices, for this epoch of reviews."""
-    shape = Shape.from_config(model_config("7b", None, tokenizer, args.max_length))
-
-    def recipe(setup: TrainSetup) -> Recipe:
-        batches = [batch for step in epoch_steps(lengths, setup, args.seed) for batch in step]
-        micro_batches = [
-            micro_batch_of([features[index] for index in batch], setup.padding, args.max_length,
-                           setup.logits_at_labels_only)
-            for batch in batches
-        ]
-        return Recipe(micro_batches, setup.accumulation)
-
-    return ceiling_lines(shape, args.devices, recipe(setups["original"]), recipe(setups["ours"]), padding_share)
 
 
 def setup_names(text: str) -> list[str]:
@@ -480,23 +445,7 @@ def setup_names(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = ",".join(train_setups(16))
     parser = argparse.ArgumentParser(
-        description=(
-            "Measure training speed of the original Baichuan2 fine-tuning recipe against this repository's, side "
-            "by side in one run on one randomly initialised Baichuan2-architecture model and the same waimai "
-            "training reviews. original: every sample padded to --max_length (1024), batch 1 x accumulation 4, "
-            "logits over the whole vocabulary at every position. ours: the same 4 samples per optimizer step in "
-            "one pass (4 x 1), each batch padded to its longest sample, batches grouped by length (the Trainer's "
-            "group_by_length), logits only at the answer tokens: the same optimisation, only faster. The ablations "
-            "are ours without one change each, at the same optimisation; ours-larger-batch (--larger_batch "
-            "samples per step) is a hyperparameter change and is labelled so. "
-            "Prints per configuration samples/s, real (non-padding) tokens/s, the epoch's share of padding "
-            "tokens, the projected time of one --epoch_reviews epoch, peak memory, the speed ratios and, on "
-            "GPU/NPU, the model FLOPs utilisation; then the compute and step ceilings of Baichuan2-7B on --devices "
-            "devices (estimates from datasheet figures, bench/ceilings.py). The last two lines are "
-            "`speedup_same_optimization: <ratio>` and `speedup_vs_original: <the same ratio>`. "
-            "Runs on the NPU or GPU when there is one (bf16), else on the CPU (fp32). Ratios matter, not "
-            "absolute times: other programs on the machine slow every configuration alike."
-        ),
+        description=__doc__,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--preset", choices=PRESETS, default="cpu",
@@ -506,8 +455,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=whole_number(), default=None,
                         help="number of layers instead of the preset's, e.g. the 7b shape with fewer layers")
     parser.add_argument("--tokenizer", type=Path, default=default_tokenizer(),
-                        help="Baichuan2's tokenizer.model (its vocabulary sets the model's); by default looked for "
-                             "in $SHARED_DIR/baichuan2 (or ../shared/baichuan2), then in models/Baichuan2-7B-Base")
+                        help="Baichuan2's tokenizer.model (its vocabulary sets the model's); default: "
+                             "$SHARED_DIR/baichuan2 (or ../shared/baichuan2), else the 7B recipe's model folder")
     parser.add_argument("--data", type=Path, default=default_data("train"),
                         help="training reviews: train.jsonl from make_data.py, or waimai_10k.csv (split as "
                              "make_data.py does); by default data/train.jsonl, else $SHARED_DIR/data/waimai_10k.csv")
@@ -516,8 +465,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--larger_batch", type=whole_number(), default=16,
                         help="ours-larger-batch: samples per forward pass and optimizer step (a hyperparameter "
                              "change: fewer optimizer steps than the original's 4 per step)")
-    parser.add_argument("--devices", type=whole_number(), default=8,
-                        help="data-parallel devices of the 7B's ceilings (the global batch is --devices x 4)")
     parser.add_argument("--steps", type=whole_number(), default=1,
                         help="timed optimizer steps per configuration and round")
     parser.add_argument("--rounds", type=whole_number(), default=3,
@@ -548,13 +495,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_worker(*args.worker)
         return 0
-    try:
-        lines = benchmark(args, selected_setups(args))
-    except (DataError, WorkerError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2 if isinstance(error, DataError) else 1
-    print("\n".join(lines))
-    return 0
+
+    def measure() -> int:
+        print("\n".join(benchmark(args, selected_setups(args))))
+        return 0
+
+    return report_errors(measure)
 
 
 if __name__ == "__main__":

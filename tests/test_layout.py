@@ -5,15 +5,18 @@ from pathlib import Path
 
 from tuning.runtime.paths import REPO_ROOT
 
-# What each part may import: the pipeline runs data -> model -> train -> eval, all on runtime.
+# What each part may import: runtime <- data <- model <- run_layout <- eval <- train. Evaluation reads a run folder
+# (run_layout), never the training code.
 ALLOWED = {
     "transformers_modify": set(),
     "tuning": set(),  # the package docstring
     "tuning.runtime": set(),
     "tuning.data": {"tuning.runtime"},
     "tuning.model": {"tuning.runtime", "tuning.data"},
-    "tuning.eval": {"tuning.runtime", "tuning.data", "tuning.model", "tuning.train.run_folder"},
-    "tuning.train": {"tuning.runtime", "tuning.data", "tuning.model", "tuning.eval", "transformers_modify"},
+    "tuning.run_layout": {"tuning.runtime", "tuning.model"},
+    "tuning.eval": {"tuning.runtime", "tuning.data", "tuning.model", "tuning.run_layout"},
+    "tuning.train": {"tuning.runtime", "tuning.data", "tuning.model", "tuning.run_layout", "tuning.eval",
+                     "transformers_modify"},
 }
 OURS = ("tuning", "transformers_modify")
 

@@ -20,7 +20,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from huggingface_hub.utils import logging as hf_logging
 
 from tuning.data import waimai_csv
-from tuning.runtime.errors import DataError
+from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import atomic_writer, sha256_of
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -119,20 +119,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def warn_if_missing(asset: Asset, data_dir: Path) -> int:
+    """--optional: fetch the asset, or say in one warning line that the tests that need it will be skipped."""
+    try:
+        print(fetch(asset, data_dir), flush=True)
+    except (DataError, OSError) as error:
+        print(f"warning: {asset.path} missing, the tests that need it will be skipped: {error}", file=sys.stderr,
+              flush=True)
+    return 0
+
+
+def fetch_and_say(asset: Asset, data_dir: Path) -> int:
+    print(fetch(asset, data_dir), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    failed = False
-    for name in args.assets or ASSETS:
-        try:
-            print(fetch(ASSETS[name], args.data_dir), flush=True)
-        except (DataError, OSError) as error:
-            failed = True
-            if args.optional:
-                print(f"warning: {ASSETS[name].path} missing, the tests that need it will be skipped: {error}",
-                      file=sys.stderr, flush=True)
-            else:
-                print(f"error: {error}", file=sys.stderr, flush=True)
-    return 2 if failed and not args.optional else 0
+    codes = [
+        warn_if_missing(ASSETS[name], args.data_dir) if args.optional
+        else report_errors(lambda name=name: fetch_and_say(ASSETS[name], args.data_dir))
+        for name in args.assets or ASSETS
+    ]
+    return max(codes)
 
 
 if __name__ == "__main__":

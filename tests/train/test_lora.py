@@ -18,19 +18,14 @@ from tiny_models import ONE_PROCESS_FLAGS
 from torch import nn
 
 from tuning.model.baichuan import BaichuanForCausalLM, load_model, load_tokenizer, tiny_config
+from tuning.run_layout import ADAPTER_DIR, MANIFEST_NAME, SUMMARY_NAME, latest_complete_checkpoint, tuned_model_in
 from tuning.runtime.devices import detect_device
 from tuning.runtime.errors import DataError
+from tuning.train.flags import LORA_LAYERS, LoraArguments
 from tuning.train.lora import add_lora, merge_adapter, parameter_counts
-from tuning.train.lora import main as lora_main
-from tuning.train.recipe import LORA_LAYERS, LoraArguments, parse_recipe
-from tuning.train.run import DESCRIPTION, build_trainer, main
-from tuning.train.run_folder import (
-    ADAPTER_DIR,
-    MANIFEST_NAME,
-    SUMMARY_NAME,
-    latest_complete_checkpoint,
-    tuned_model_in,
-)
+from tuning.train.merge_lora import main as merge_main
+from tuning.train.recipe import parse_recipe
+from tuning.train.run import build_trainer, main
 
 REVIEWS = ["送餐很快，饭菜还是热的，好评", "等了一个半小时，汤都洒了", "一般"]
 
@@ -89,7 +84,7 @@ def test_the_lora_layers_are_the_models_linear_layers():
 def test_the_adapter_is_fp32_and_the_only_trainable_part_of_a_bf16_model():
     model = BaichuanForCausalLM(tiny_config(100, user_token_id=3, assistant_token_id=4)).to(torch.bfloat16)
     base_count = model.num_parameters()
-    lora = add_lora(model, LoraArguments(use_lora=True), gradient_checkpointing=False)
+    lora = add_lora(model, LoraArguments(use_lora=True, lora_rank=8, lora_dropout=0.05), gradient_checkpointing=False)
     trainable = {name: p for name, p in lora.named_parameters() if p.requires_grad}
     frozen = {name: p for name, p in lora.named_parameters() if not p.requires_grad}
     assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
@@ -108,7 +103,7 @@ def test_training_changes_only_the_adapter(tiny_base, data_dir, tmp_path):
     checkpointed layers, so every adapter changing means the frozen embeddings' output was made to require them."""
     flags = _flags(tiny_base, data_dir, tmp_path, "--max_steps", "3", "--save_strategy", "no", "--eval_strategy", "no",
                    "--gradient_checkpointing", "true", "--activation_checkpointing_kwargs", '{"use_reentrant": true}')
-    trainer, _, _ = build_trainer(parse_recipe(flags, DESCRIPTION), tiny_base, detect_device())
+    trainer, _, _ = build_trainer(parse_recipe(flags), tiny_base, detect_device())
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     trainer.train()
     assert trainer.state.global_step == 3 and trainer.model.base_model.model.model.gradient_checkpointing
@@ -204,7 +199,7 @@ def test_a_lora_run_resumes_from_its_latest_checkpoint(lora_run, tmp_path, capsy
     (("--use_lora", "false"), "holds another run (lora: LoRA rank 8, alpha 16, dropout 0.05, target "
                               "W_pack,o_proj,gate_proj,up_proj,down_proj there, full fine-tuning now)"),
     (("--lora_rank", "4"), "holds another run (lora: LoRA rank 8, alpha 16, dropout 0.05, target "
-                           "W_pack,o_proj,gate_proj,up_proj,down_proj there, LoRA rank 4, alpha 16"),
+                           "W_pack,o_proj,gate_proj,up_proj,down_proj there, LoRA rank 4, alpha 8"),  # alpha: 2 x rank
 ])
 def test_another_adapter_setting_never_continues_a_run(lora_run, tmp_path, capsys, change, message):
     run = tmp_path / "run"
@@ -224,21 +219,21 @@ def test_an_adapter_only_checkpoint_is_complete_and_can_be_merged(lora_run, tiny
     shutil.copytree(lora_run["dir"] / "checkpoint-2", run / "checkpoint-2")
     assert latest_complete_checkpoint(run) == run / "checkpoint-2"
     with pytest.raises(DataError, match=r"no merged model yet, and checkpoint-2 holds only a LoRA adapter.*"
-                                        r"python -m tuning.train.lora --base_model BASE --adapter"):
+                                        r"python -m tuning.train.merge_lora --base_model BASE --adapter"):
         tuned_model_in(run)
     merged = tmp_path / "merged"
-    assert lora_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
+    assert merge_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
                       "--output_dir", str(merged)]) == 0
     batch = _batch(tiny_base)
     with_adapter = PeftModel.from_pretrained(load_model(tiny_base), str(run / "checkpoint-2"))
     torch.testing.assert_close(_logits(load_model(merged), batch), _logits(with_adapter, batch), rtol=1e-5, atol=1e-5)
     capsys.readouterr()
-    assert lora_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
+    assert merge_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
                       "--output_dir", str(merged)]) == 2
     assert capsys.readouterr().err == f"error: --output_dir {merged} already holds a model; choose another folder\n"
     (run / "checkpoint-2" / "adapter_model.safetensors").unlink()  # as if the save had stopped half-way
     assert latest_complete_checkpoint(run) is None
-    assert lora_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
+    assert merge_main(["--base_model", str(tiny_base), "--adapter", str(run / "checkpoint-2"),
                       "--output_dir", str(tmp_path / "other")]) == 2
     assert capsys.readouterr().err == (f"error: {run / 'checkpoint-2'}: not a LoRA adapter folder (no "
                                        "adapter_model.safetensors or adapter_model.bin)\n")

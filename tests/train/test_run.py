@@ -21,19 +21,18 @@ from tuning.data.encode import answer_word, load_split
 from tuning.data.prompt import IGNORE_INDEX, PromptFormat
 from tuning.eval.scoring import label_log_probs
 from tuning.model.baichuan import load_model, load_tokenizer
-from tuning.runtime.devices import detect_device
-from tuning.runtime.errors import DataError
-from tuning.train.recipe import parse_recipe
-from tuning.train.run import DESCRIPTION, build_trainer, main, run_identity, setup_training_arguments
-from tuning.train.run_folder import (
+from tuning.run_layout import (
     CONFIG_NAME,
     MANIFEST_NAME,
     SUMMARY_NAME,
-    check_output_dir,
     latest_complete_checkpoint,
     missing_deepspeed_files,
-    resolve_resume,
 )
+from tuning.runtime.devices import detect_device
+from tuning.runtime.errors import DataError
+from tuning.train.recipe import parse_recipe
+from tuning.train.run import build_trainer, main, run_identity, setup_training_arguments
+from tuning.train.run_folder import check_output_dir, resolve_resume
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,7 @@ def test_a_bad_record_is_named_by_file_and_line(tiny_base, tmp_path):
 
 
 def _recipe(flags):
-    return parse_recipe(flags, DESCRIPTION)
+    return parse_recipe(flags)
 
 
 def _trainer(tiny_base, data_dir, tmp_path, *extra):

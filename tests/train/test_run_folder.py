@@ -3,15 +3,9 @@ import json
 import pytest
 
 from tuning.model.files import missing_model_files
+from tuning.run_layout import MANIFEST_NAME, SUMMARY_NAME
 from tuning.runtime.errors import DataError
-from tuning.train.run_folder import (
-    MANIFEST_NAME,
-    SUMMARY_NAME,
-    check_shared_output_dir,
-    latest_complete_checkpoint,
-    plan_resume,
-    run_shape,
-)
+from tuning.train.run_folder import check_shared_output_dir, plan_resume, run_shape
 
 
 def _model_folder(path, with_state=True):
@@ -21,19 +15,6 @@ def _model_folder(path, with_state=True):
     if with_state:
         (path / "trainer_state.json").write_text("{}", encoding="utf-8")
     return path
-
-
-def test_latest_complete_checkpoint_skips_interrupted_save(tmp_path):
-    _model_folder(tmp_path / "checkpoint-10")
-    _model_folder(tmp_path / "checkpoint-9")
-    _model_folder(tmp_path / "checkpoint-20", with_state=False)
-    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert (tmp_path / "checkpoint-20").is_dir()
-
-
-def test_no_checkpoint(tmp_path):
-    assert latest_complete_checkpoint(tmp_path) is None
-    assert latest_complete_checkpoint(tmp_path / "absent") is None
 
 
 def test_missing_model_files_names_missing_shards(tmp_path):

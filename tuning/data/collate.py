@@ -5,9 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from tuning.data.prompt import IGNORE_INDEX, EncodedExample
-
-PADDING_MODES = ("dynamic", "max_length")
+from tuning.data.prompt import IGNORE_INDEX, PADDING_MODES, EncodedExample
 
 
 class EncodedDataset(Dataset):

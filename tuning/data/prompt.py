@@ -9,6 +9,7 @@ LABEL_WORDS = {1: "积极", 0: "消极"}  # waimai_10k label -> answer word
 WAIMAI_LABEL_WORDS = (LABEL_WORDS[1], LABEL_WORDS[0])  # what make_data.py writes: positive first
 DEFAULT_LABEL_WORDS = ",".join(WAIMAI_LABEL_WORDS)  # as the --label_words flag
 DEFAULT_TEMPLATE = "{review} -> "  # the original recipe's prompt
+PADDING_MODES = ("dynamic", "max_length")  # of training batches: to the longest example, or to max_length
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,19 @@ from pathlib import Path
 import torch
 
 from tuning.data.encode import EncodedSplit, load_split
-from tuning.data.prompt import DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, PromptFormat, prompt_format_from_flags
+from tuning.data.prompt import PromptFormat, prompt_format_from_flags
 from tuning.eval.generation import greedy_generate, parse_answer
+from tuning.eval.inference import load_for_inference
 from tuning.eval.metrics import OTHER, classification_metrics
-from tuning.eval.scoring import label_log_probs
-from tuning.model.baichuan import (
-    BaichuanConfig,
-    BaichuanForCausalLM,
-    BaichuanTokenizer,
-    attention_implementation,
-    load_model,
-    load_tokenizer,
-)
+from tuning.eval.scoring import candidate_ids, label_log_probs
+from tuning.model.baichuan import BaichuanConfig, BaichuanTokenizer, load_tokenizer
+from tuning.run_layout import read_recipe_file, recipe_file, recorded_run_config
 from tuning.runtime.devices import Device, timed
 from tuning.runtime.errors import DataError
-from tuning.train.run_folder import recorded_run_config
 
-# The training run's settings that shape the prompts (train.py flags), and their defaults when no run recorded them.
-PROMPT_DEFAULTS = {"prompt_template": DEFAULT_TEMPLATE, "label_words": DEFAULT_LABEL_WORDS, "model_max_length": 1024}
+# The training run's settings that shape the prompts (train.py flags), and their types. A model trained elsewhere
+# gets those of train.py's default recipe.
+PROMPT_SETTINGS = {"prompt_template": str, "label_words": str, "model_max_length": int}
 TYPE_NAMES = {str: "text", int: "a whole number"}
 
 
@@ -53,30 +48,32 @@ def _recorded_settings(path: Path, run_config: dict) -> dict:
     data = run_config.get("data")
     if not isinstance(data, dict):
         raise DataError(f"{path}: no 'data' settings")
-    settings = {key: data[key] for key in PROMPT_DEFAULTS if key in data}
+    settings = {key: data[key] for key in PROMPT_SETTINGS if key in data}
     for key, value in settings.items():
-        expected = type(PROMPT_DEFAULTS[key])
+        expected = PROMPT_SETTINGS[key]
         if type(value) is not expected:
             raise DataError(f"{path}: {key} {value!r} is not {TYPE_NAMES[expected]}")
     return settings
 
 
 def prompt_settings(given: dict, tuned_model: str | Path) -> tuple[dict, dict, Path | None]:
-    """Each prompt setting: the value `given` (unless None), else the tuned model's training run's, else the default.
+    """Each prompt setting: the value `given` (unless None), else the tuned model's training run's, else that of
+    train.py's default recipe.
 
     Returns the values, where each came from ("command line", "training run" or "default"), and the run_config.json
     read (None when the model has none).
     """
     recorded_config = recorded_run_config(tuned_model)
     recorded = _recorded_settings(*recorded_config) if recorded_config else {}
+    default = read_recipe_file(recipe_file())
     values, sources = {}, {}
-    for key, default in PROMPT_DEFAULTS.items():
+    for key in PROMPT_SETTINGS:
         if given.get(key) is not None:
             values[key], sources[key] = given[key], "command line"
         elif key in recorded:
             values[key], sources[key] = recorded[key], "training run"
         else:
-            values[key], sources[key] = default, "default"
+            values[key], sources[key] = default[key], "default"
     return values, sources, recorded_config[0] if recorded_config else None
 
 
@@ -91,12 +88,6 @@ def encode_eval_data(
     return tokenizer, prompt_format, split
 
 
-def load_for_inference(model_dir: str | Path, device: Device, dtype: torch.dtype) -> BaichuanForCausalLM:
-    """The model in `dtype` on `device`, with the fastest attention the device offers."""
-    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
-    return model.to(device.torch_device())
-
-
 def evaluate_model(
     model_dir: str | Path, eval_data: str | Path, device: Device, dtype: torch.dtype, settings: EvalSettings
 ) -> ModelEvaluation:
@@ -109,7 +100,7 @@ def evaluate_model(
     model = load_for_inference(model_dir, device, dtype)
     pad_token_id = model.config.pad_token_id
 
-    candidates = [prompt_format.label_ids(tokenizer, word) for word in label_words]
+    candidates = candidate_ids(prompt_format, tokenizer)
     scores, scoring_s = timed(
         device, lambda: label_log_probs(model, prompts, candidates, pad_token_id, settings.batch_size, progress=True)
     )

@@ -1,6 +1,7 @@
 """predict.py's work: read reviews (arguments, stdin or a file), label them with a tuned model, write the answers."""
 
 import csv
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,20 @@ from rich.console import Console
 
 from tuning.data.prompt import PromptFormat, prompt_format_from_flags
 from tuning.data.waimai_csv import clean_review, csv_records, decode_csv
-from tuning.eval.evaluate import load_for_inference, prompt_settings
-from tuning.eval.scoring import label_log_probs
-from tuning.model.baichuan import BaichuanConfig, BaichuanForCausalLM, BaichuanTokenizer, load_tokenizer
+from tuning.eval.evaluate import prompt_settings
+from tuning.eval.inference import inference_setup, load_for_inference
+from tuning.eval.scoring import candidate_ids, label_log_probs
+from tuning.model.baichuan import (
+    BaichuanConfig,
+    BaichuanForCausalLM,
+    BaichuanTokenizer,
+    check_model_dir,
+    load_tokenizer,
+)
+from tuning.run_layout import default_run_dirs, tuned_model_in, use_lora_from_environment
 from tuning.runtime.devices import Device
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import atomic_writer, dump_jsonl, read_jsonl, write_jsonl
-from tuning.train.run_folder import tuned_model_in
 
 INPUT_SUFFIXES = (".jsonl", ".csv", ".txt")
 OUTPUT_SUFFIXES = (".jsonl", ".csv")
@@ -143,17 +151,13 @@ class Classifier:
         model = load_for_inference(model_dir, device, dtype)
         return cls(model, tokenizer, prompt_format, settings["model_max_length"], batch_size)
 
-    def candidates(self) -> list[list[int]]:
-        """Each label word's token ids, as label scoring compares them."""
-        return [self.prompt_format.label_ids(self.tokenizer, word) for word in self.prompt_format.label_words]
-
     def prompts(self, reviews: list[str]) -> tuple[list[list[int]], int]:
         """Each review's prompt ids, cut as in training so that any answer + eos still fits; and how many were cut.
 
         run_test.py leaves room for each eval review's own gold answer instead: the same cut when the label words
         are equally long in tokens.
         """
-        room = self.model_max_length - 1 - max(len(ids) for ids in self.candidates())
+        room = self.model_max_length - 1 - max(len(ids) for ids in candidate_ids(self.prompt_format, self.tokenizer))
         try:
             encoded = [self.prompt_format.prompt_ids(self.tokenizer, review, room) for review in reviews]
         except ValueError as error:
@@ -164,7 +168,8 @@ class Classifier:
         """Label scoring as in run_test.py: the label word with the highest log-probability after the prompt."""
         prompts, truncated = self.prompts(reviews)
         scores = label_log_probs(
-            self.model, prompts, self.candidates(), self.model.config.pad_token_id, self.batch_size,
+            self.model, prompts, candidate_ids(self.prompt_format, self.tokenizer), self.model.config.pad_token_id,
+            self.batch_size,
             progress=progress, progress_console=Console(stderr=True),
         )
         probabilities = scores.softmax(dim=-1)
@@ -189,3 +194,48 @@ def write_predictions(records: list[dict], output: Path | None, stdout: IO[str])
             writer = csv.DictWriter(handle, OUTPUT_FIELDS, lineterminator="\n")
             writer.writeheader()
             writer.writerows(records)
+
+
+def predict(
+    *,
+    reviews: list[str],
+    input_file: Path | None,
+    output: Path | None,
+    model: Path | None,
+    batch_size: int,
+    fp32: bool,
+    stdin: IO[bytes],
+    stdout: IO[str],
+) -> int:
+    """predict.py: the reviews given (else those of `input_file`, else of stdin) labelled by `model` (else the latest
+    tuned run, see find_model), as JSON lines to `stdout` or to the file `output`; notes go to stderr."""
+    if reviews and input_file:
+        raise DataError("give reviews as arguments or with --input FILE, not both")
+    if output:
+        check_output_name(output)
+    model_dir = check_model_dir(find_model(model, default_run_dirs(use_lora_from_environment())))
+    if reviews:
+        given = clean_reviews(reviews)
+        if not given.texts:
+            raise DataError(f"no reviews: the {given.empty} given are empty")
+    elif input_file:
+        given = read_input_file(input_file)
+    else:
+        if stdin.isatty():
+            print("reading reviews from stdin, one per line; end with Ctrl-D", file=sys.stderr)
+        given = read_stdin(stdin)
+    setup = inference_setup(fp32)
+    classifier = Classifier.load(model_dir, setup.device, setup.dtype, batch_size)
+    shown = model_dir.relative_to(Path.cwd()) if model_dir.is_relative_to(Path.cwd()) else model_dir
+    print(f"model {shown} ({setup.describe()}), label words {','.join(classifier.prompt_format.label_words)}: "
+          f"{len(given.texts)} reviews", file=sys.stderr)
+    predictions = classifier.classify(given.texts, progress=input_file is not None)
+    if given.empty:
+        print(f"skipped {given.empty} empty reviews", file=sys.stderr)
+    if predictions.truncated:
+        print(f"cut {predictions.truncated} reviews longer than model_max_length {classifier.model_max_length}, "
+              "as in training", file=sys.stderr)
+    write_predictions(predictions.records, output, stdout)
+    if output:
+        print(f"wrote {output}", file=sys.stderr)
+    return 0

@@ -11,8 +11,8 @@ from matplotlib.ft2font import FT2Font
 from rich.table import Table
 
 from tuning.eval.evaluate import EvalSettings, ModelEvaluation
+from tuning.run_layout import CONFIG_NAME
 from tuning.runtime.fileio import atomic_writers, dump_json
-from tuning.train.run_folder import CONFIG_NAME
 
 RESULTS_JSON = "eval_results.json"
 REPORT_MD = "eval_report.md"

@@ -4,7 +4,13 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
+from tuning.data.prompt import PromptFormat
 from tuning.eval.batching import eval_mode, left_pad, length_sorted_batches, position_ids_from_mask
+
+
+def candidate_ids(prompt_format: PromptFormat, tokenizer) -> list[list[int]]:
+    """Each label word's token ids (without eos), in label-word order: what label scoring compares."""
+    return [prompt_format.label_ids(tokenizer, word) for word in prompt_format.label_words]
 
 
 @torch.no_grad()

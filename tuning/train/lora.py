@@ -1,12 +1,7 @@
-"""LoRA fine-tuning with peft: the adapter around the frozen base model, and the merged model at the end of a run.
+"""LoRA fine-tuning with peft: the adapter around the frozen base model, and the merged model at the end of a run
+(or of `python -m tuning.train.merge_lora`)."""
 
-`python -m tuning.train.lora --base_model BASE --adapter ADAPTER --output_dir DIR` merges an adapter (a LoRA run's
-adapter/ or one of its checkpoint-N folders) into its base model and saves the result in the official layout.
-"""
-
-import argparse
 import shutil
-import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,12 +13,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from tuning.model.baichuan import BaichuanConfig, BaichuanForCausalLM, check_model_dir, load_model, load_tokenizer
-from tuning.model.files import missing_adapter_files, missing_model_files
-from tuning.runtime.cli import HelpFormatter
-from tuning.runtime.errors import DataError, report_errors
+from tuning.model.files import missing_adapter_files
+from tuning.run_layout import ADAPTER_DIR
+from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import move_files, replace_folder, staging_folder
-from tuning.train.recipe import LoraArguments
-from tuning.train.run_folder import ADAPTER_DIR
+from tuning.train.flags import LoraArguments
 from tuning.train.trainer import WaimaiTrainer
 
 
@@ -103,34 +97,3 @@ def save_adapter(trainer: WaimaiTrainer, output_dir: Path) -> Path:
     if trainer.is_world_process_zero():
         replace_folder(staging, adapter_dir)
     return adapter_dir
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tuning.train.lora",
-        description="Merge a LoRA adapter into its base model and save the result in the official Baichuan2 layout "
-        "(config.json, weights, our code files, tokenizer), in the dtype the base model is stored in. A LoRA run of "
-        "train.py does this itself at its end; use this for one of its checkpoint-N folders.",
-        formatter_class=HelpFormatter,
-    )
-    parser.add_argument("--base_model", type=Path, required=True,
-                        help="the base model folder the adapter was trained on")
-    parser.add_argument("--adapter", type=Path, required=True,
-                        help="a folder with adapter_config.json and adapter_model.safetensors (a LoRA run's "
-                             "adapter/ or checkpoint-N)")
-    parser.add_argument("--output_dir", type=Path, required=True,
-                        help="where the merged model goes (no model there yet)")
-    args = parser.parse_args(argv)
-
-    def merge() -> int:
-        if not missing_model_files(args.output_dir):
-            raise DataError(f"--output_dir {args.output_dir} already holds a model; choose another folder")
-        save_merged_model(args.base_model, args.adapter, args.output_dir)
-        print(f"merged {args.adapter} into {args.base_model}: {args.output_dir}")
-        return 0
-
-    return report_errors(merge)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

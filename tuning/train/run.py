@@ -23,6 +23,7 @@ from tuning.model.baichuan import (
     load_model,
     load_tokenizer,
 )
+from tuning.run_layout import CONFIG_NAME, CURVES_NAME, MANIFEST_NAME, SUMMARY_NAME
 from tuning.runtime.devices import (
     Device,
     compute_dtype,
@@ -44,38 +45,20 @@ from tuning.runtime.distributed import (
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import sha256_of, write_json
 from tuning.train.curves import plot_curves
+from tuning.train.flags import DataArguments, LoraArguments
 from tuning.train.lora import add_lora, parameter_counts, save_adapter, save_merged_model
 from tuning.train.recipe import (
-    DataArguments,
-    LoraArguments,
     Recipe,
     build_training_arguments,
     eval_steps_for,
+    global_batch,
     parse_recipe,
     training_argument_values,
 )
-from tuning.train.run_folder import (
-    CONFIG_NAME,
-    CURVES_NAME,
-    MANIFEST_NAME,
-    SUMMARY_NAME,
-    check_shared_output_dir,
-    plan_resume,
-    run_shape,
-)
+from tuning.train.run_folder import check_shared_output_dir, plan_resume, run_shape
 from tuning.train.trainer import LabelAccuracy, WaimaiTrainer
 
 EVAL_KEYS = ("eval_loss", "eval_accuracy", "eval_macro_f1")  # reported in train_summary.json
-DESCRIPTION = (
-    "Full-parameter fine-tuning of a Baichuan2 model, or LoRA fine-tuning with --use_lora true (Hugging Face "
-    "Trainer; bf16 + DeepSpeed ZeRO on Ascend NPUs and NVIDIA GPUs, fp32 on a CPU) to answer 积极 or 消极 after a "
-    "food-delivery review. Each example is [user] + '{review} -> ' + [assistant] + answer + [eos], with the loss on "
-    "the answer only. Usage: python train.py [RECIPE.yaml] [--flag value ...]: the recipe file (default "
-    "configs/baichuan2_7b.yaml, or configs/baichuan2_7b_lora.yaml with --use_lora true) sets the run, flags "
-    "override it; the defaults shown below are the recipe's. Usually started by `bash ds_run_bf16.sh`; every "
-    "TrainingArguments flag is accepted too. Re-running the same command continues from the latest complete "
-    "checkpoint."
-)
 
 
 def run_identity(model_dir: Path, data: DataArguments, lora: LoraArguments) -> dict:
@@ -120,7 +103,8 @@ def setup_training_arguments(recipe: Recipe, device: Device, train_samples: int)
         note(message)
     points = recipe.training.eval_points_per_epoch
     if points and values["eval_strategy"] != "no":
-        samples_per_step = values["per_device_train_batch_size"] * values["gradient_accumulation_steps"] * world_size()
+        samples_per_step = global_batch(values["per_device_train_batch_size"], values["gradient_accumulation_steps"],
+                                        world_size())
         values["eval_strategy"] = "steps"
         values["eval_steps"] = eval_steps_for(points, train_samples, samples_per_step, values["num_train_epochs"])
     return build_training_arguments(values)
@@ -154,6 +138,10 @@ def prepare_inputs(recipe: Recipe, model_dir: Path, device: Device) -> RunInputs
                  f"--model_max_length {data.model_max_length} tokens: cut to fit (counted in {SUMMARY_NAME})")
     args = setup_training_arguments(recipe, device, len(train_split.examples))
     return RunInputs(tokenizer, config, prompt_format, train_split, eval_split, args)
+
+
+def global_batch_of(args: TrainingArguments) -> int:
+    return global_batch(args.per_device_train_batch_size, args.gradient_accumulation_steps, args.world_size)
 
 
 def precision_of(args: TrainingArguments) -> str:
@@ -195,7 +183,7 @@ def build_trainer(
     step_metrics = StepMetricsCallback(
         synchronize=lambda: synchronize(device),
         flops_per_token=training_flops_per_token(model),
-        sequences_per_step=args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        sequences_per_step=global_batch_of(args),
         world_size=args.world_size,
         peak_flops=peak_bf16_flops(device.name()) if args.bf16 else None,
     )
@@ -219,7 +207,7 @@ def resolved_config(recipe: Recipe, args: TrainingArguments, device: Device) -> 
         "recipe": str(recipe.path),
         "device": device.kind,
         "processes": args.world_size,
-        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "global_batch_size": global_batch_of(args),
         "model": dataclasses.asdict(recipe.model),
         "data": dataclasses.asdict(recipe.data),
         "lora": dataclasses.asdict(recipe.lora),
@@ -258,7 +246,7 @@ def run_summary(
         "train_truncated": train_split.truncated,
         "eval_samples": len(eval_split.examples) if eval_split else 0,
         "eval_truncated": eval_split.truncated if eval_split else 0,
-        "global_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size,
+        "global_batch_size": global_batch_of(args),
         "optimizer_steps": trainer.state.global_step,
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -340,7 +328,7 @@ def main(argv: list[str]) -> int:
 
     def work() -> int:
         check_versions()
-        return train(parse_recipe(argv, DESCRIPTION), started)
+        return train(parse_recipe(argv), started)
 
     # Printed once per machine, also when only one machine sees the problem.
     return report_errors(work, print_here=local_rank() == 0)

@@ -15,16 +15,12 @@ from tiny_models import ONE_PROCESS_FLAGS
 import predict
 import run_test
 from tuning.data.encode import answer_word
-from tuning.eval.evaluate import (
-    EvalSettings,
-    encode_eval_data,
-    evaluate_model,
-    load_for_inference,
-    prompt_settings,
-)
+from tuning.eval import inference, predicting
+from tuning.eval.evaluate import EvalSettings, encode_eval_data, evaluate_model, prompt_settings
+from tuning.eval.inference import load_for_inference
 from tuning.eval.metrics import classification_metrics
 from tuning.eval.predicting import Classifier
-from tuning.eval.scoring import label_log_probs
+from tuning.eval.scoring import candidate_ids, label_log_probs
 from tuning.model.baichuan import load_tokenizer
 from tuning.runtime.devices import Device, compute_dtype, detect_device
 from tuning.runtime.fileio import read_jsonl, write_jsonl
@@ -86,7 +82,7 @@ def test_accuracy_equals_run_tests_label_scoring(trained, monkeypatch, capsys):
     # and review by review: the probability is the softmax of run_test's label scores of the same prompts
     _, prompt_format, split = encode_eval_data(trained["run"], trained["eval"], settings)
     model = load_for_inference(trained["run"], detect_device(), torch.float32)
-    candidates = [prompt_format.label_ids(tokenizer, word) for word in LABEL_WORDS]
+    candidates = candidate_ids(prompt_format, tokenizer)
     scores = label_log_probs(model, split.prompts(), candidates, model.config.pad_token_id, batch_size=4)
     expected = scores.softmax(-1).max(-1).values.tolist()
     assert [record["probability"] for record in records] == pytest.approx(expected, abs=1e-4)
@@ -150,7 +146,7 @@ def test_probabilities_are_a_softmax_over_the_label_words(trained):
 
 
 def test_the_default_model_is_the_latest_tuned_run(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", trained["run"]))
+    monkeypatch.setattr(predicting, "default_run_dirs", lambda lora: [tmp_path / "baichuan2-7b-waimai", trained["run"]])
     monkeypatch.delenv("USE_LORA", raising=False)
     code, records, err = predict_main(["好吃"], monkeypatch, capsys)
     assert code == 0 and records[0]["label"] in LABEL_WORDS
@@ -159,7 +155,8 @@ def test_the_default_model_is_the_latest_tuned_run(trained, tmp_path, monkeypatc
 
 def test_use_lora_takes_the_merged_model_of_the_lora_run(trained, tmp_path, monkeypatch, capsys):
     """USE_LORA=true: the folders `USE_LORA=true bash ds_run_bf16.sh` trains into, never a full run's model."""
-    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", tmp_path / "tiny-tuned"))
+    monkeypatch.setattr(predicting, "default_run_dirs", lambda lora: [tmp_path / f"baichuan2-7b-waimai{'-lora' * lora}",
+                                                                tmp_path / f"tiny-tuned{'-lora' * lora}"])
     shutil.copytree(trained["run"], tmp_path / "tiny-tuned")
     shutil.copytree(trained["run"], tmp_path / "tiny-tuned-lora")  # stands in for a LoRA run's merged model
     monkeypatch.setenv("USE_LORA", "true")
@@ -180,10 +177,9 @@ def test_the_cpu_computes_in_fp32_even_with_native_bf16(trained, tmp_path, monke
     assert compute_dtype(Device("cuda", 1, bf16=True), want_bf16=True) == torch.bfloat16
     assert compute_dtype(Device("cuda", 1, bf16=True), want_bf16=False) == torch.float32
     bf16_cpu = Device("cpu", 1, bf16=True)
-    monkeypatch.setattr(predict, "detect_device", lambda: bf16_cpu)
+    monkeypatch.setattr(inference, "detect_device", lambda: bf16_cpu)
     code, _, err = predict_main(["--model", str(trained["run"]), "好吃"], monkeypatch, capsys)
     assert code == 0 and "(cpu, float32)" in err
-    monkeypatch.setattr(run_test, "detect_device", lambda: bf16_cpu)
     output_dir = tmp_path / "outputs"
     assert run_test.main(["--base_model", str(trained["run"]), "--tuned_model", str(trained["run"]),
                           "--eval_data", str(trained["eval"]), "--max_samples", "2", "--num_examples", "1",
@@ -249,7 +245,7 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(trained, bad_files, mo
 
 
 def test_other_mistakes_are_one_line_errors(trained, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(predict, "DEFAULT_RUNS", (tmp_path / "baichuan2-7b-waimai", tmp_path / "tiny-tuned"))
+    monkeypatch.setattr(predicting, "default_run_dirs", lambda lora: [tmp_path / "baichuan2-7b-waimai", tmp_path / "tiny-tuned"])
     monkeypatch.delenv("USE_LORA", raising=False)
     cases = [
         (["好吃"], f"error: no tuned model in {tmp_path / 'baichuan2-7b-waimai'} or {tmp_path / 'tiny-tuned'}; "

@@ -11,12 +11,11 @@ import pytest
 
 from run_test import main
 from tuning.data.prompt import PromptFormat
-from tuning.eval.evaluate import PROMPT_DEFAULTS
+from tuning.eval.evaluate import PROMPT_SETTINGS
 from tuning.model.baichuan import BaichuanConfig, load_tokenizer
 from tuning.model.tiny import build_tiny_base
-from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import write_json, write_jsonl
-from tuning.train.run_folder import recorded_run_config, tuned_model_in
+from tuning.runtime.paths import REPO_ROOT
 
 REVIEWS = [
     ("送餐很快，味道也不错，下次还点", "积极"),
@@ -45,9 +44,6 @@ def demo(tmp_path_factory) -> dict:
     (train_output_dir / "checkpoint-3" / "trainer_state.json").write_text("{}", encoding="utf-8")
     (train_output_dir / "checkpoint-9").mkdir()  # an interrupted save: no weights, no trainer_state.json
     return {"root": root, "eval_data": eval_data, "base": root / "base", "train_output_dir": train_output_dir}
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
@@ -97,7 +93,7 @@ def test_end_to_end_table_metrics_and_files(demo):
         assert scoring["num_other"] == 0  # label scoring always picks a label word
         assert sum(map(sum, generation["metrics"]["confusion_matrix"]["counts"])) == len(REVIEWS)
     assert payload["training_config"] is None  # no run_config.json: train.py's defaults
-    assert {key: payload["settings"][key] for key in PROMPT_DEFAULTS} == {
+    assert {key: payload["settings"][key] for key in PROMPT_SETTINGS} == {
         "prompt_template": "{review} -> ", "label_words": "积极,消极", "model_max_length": 1024
     }
     assert set(payload["setting_sources"].values()) == {"default"}
@@ -148,19 +144,6 @@ def test_training_output_without_model_is_a_clear_error(demo):
     result = run_script("--base_model", str(demo["base"]), "--train_output_dir", str(empty),
                         "--eval_data", str(demo["eval_data"]), "--output_dir", str(demo["root"] / "unused"))
     assert_one_line_error(result, str(empty), "no final model", "bash ds_run_bf16.sh")
-
-
-def test_tuned_model_prefers_final_model_over_checkpoints(tmp_path):
-    (tmp_path / "checkpoint-5").mkdir()
-    for folder in (tmp_path / "checkpoint-5", tmp_path):
-        (folder / "config.json").write_text("{}", encoding="utf-8")
-        (folder / "model.safetensors").write_bytes(b"")
-    (tmp_path / "checkpoint-5" / "trainer_state.json").write_text("{}", encoding="utf-8")
-    assert tuned_model_in(tmp_path) == tmp_path
-    (tmp_path / "model.safetensors").unlink()
-    assert tuned_model_in(tmp_path) == tmp_path / "checkpoint-5"
-    with pytest.raises(DataError, match="no final model"):
-        tuned_model_in(tmp_path / "checkpoint-5" / "missing")
 
 
 @pytest.mark.parametrize(
@@ -238,7 +221,7 @@ def test_both_models_get_the_prompts_the_tuned_model_was_trained_with(demo, run_
     manifest = run_with_manifest / "run_config.json"
     assert payload["training_config"] == str(manifest)
     assert payload["settings"]["prompt_template"] == LONG_TEMPLATE
-    assert payload["setting_sources"] == dict.fromkeys(PROMPT_DEFAULTS, "training run")
+    assert payload["setting_sources"] == dict.fromkeys(PROMPT_SETTINGS, "training run")
     assert payload["label_words"] == ["好评", "差评"]  # the eval file's 积极/消极, mapped in order
     assert payload["label_counts"] == {"好评": 5, "差评": 6} and payload["examples"][0]["label"] == "好评"
     for model in payload["models"].values():
@@ -256,17 +239,6 @@ def test_flags_override_the_training_run(demo, run_with_manifest, tmp_path):
                                           "model_max_length": "training run"}
     assert payload["label_words"] == ["good", "bad"] and payload["label_counts"] == {"good": 5, "bad": 6}
     assert all(model["truncated_prompts"] == 0 for model in payload["models"].values())
-
-
-def test_run_config_is_beside_the_model_or_its_checkpoint_folder(tmp_path):
-    (tmp_path / "run" / "checkpoint-20").mkdir(parents=True)
-    (tmp_path / "run" / "other").mkdir()
-    assert recorded_run_config(tmp_path / "run") is None
-    (tmp_path / "run" / "run_config.json").write_text('{"data": {}}', encoding="utf-8")
-    config = tmp_path / "run" / "run_config.json"
-    assert recorded_run_config(tmp_path / "run") == (config, {"data": {}})
-    assert recorded_run_config(tmp_path / "run" / "checkpoint-20") == (config, {"data": {}})
-    assert recorded_run_config(tmp_path / "run" / "other") is None  # only a checkpoint-N belongs to its parent's run
 
 
 @pytest.mark.parametrize(
