@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from tuning.model.baichuan import CODE_FILES, BaichuanForCausalLM, install_code, load_model
+from tuning.model.baichuan import main as baichuan_main
 from tuning.runtime.errors import DataError
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -188,6 +189,16 @@ def test_install_code_keeps_the_originals(reference_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.py")) == sorted(CODE_FILES)
     install_code(tmp_path)
     assert (tmp_path / "modeling_baichuan.py.orig").read_text() == "# official\n"
+
+
+def test_install_code_command_errors_are_one_line(reference_dir, tmp_path, capsys):
+    assert baichuan_main(["install-code", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path} is not a model folder (no config.json)\n"
+    shutil.copy(reference_dir / "config.json", tmp_path)
+    (tmp_path / "modeling_baichuan.py").mkdir()  # a file that cannot be written: an OSError, exit code 1
+    assert baichuan_main(["install-code", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "modeling_baichuan.py" in error and error.count("\n") == 1
 
 
 def test_stray_rotary_buffers_in_a_checkpoint_are_ignored(reference_dir, cases, tmp_path):

@@ -18,7 +18,7 @@ from transformers.utils import is_flash_attn_2_available
 
 from tuning.model.files import missing_model_files
 from tuning.runtime.devices import Device
-from tuning.runtime.errors import DataError
+from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.paths import REPO_ROOT
 
 CODE_DIR = REPO_ROOT / "Baichuan2-7B"
@@ -143,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     install.add_argument("weights_dir", help="folder holding config.json and the Baichuan2 weights")
     args = parser.parse_args(argv)
-    try:
+
+    def install() -> int:
         for path in install_code(args.weights_dir):
             print(f"installed {path}")
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return report_errors(install)
 
 
 if __name__ == "__main__":
