@@ -3,11 +3,11 @@
 import json
 import pickle
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
+from remote_code import assert_works_as_remote_code
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
@@ -165,20 +165,12 @@ def test_save_pretrained_writes_the_official_layout_and_loads_back(model, cases,
 
 def test_copied_files_work_as_remote_code(reference_dir, cases, tmp_path):
     """The folder's own code, loaded by transformers with trust_remote_code, in a process that never imported ours."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
     for path in reference_dir.iterdir():
-        shutil.copy(path, tmp_path)
-    install_code(tmp_path)
-    script = (
-        "import sys, torch; from transformers import AutoModelForCausalLM; from safetensors.torch import load_file\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
-        f"c = load_file({str(reference_dir / 'cases.safetensors')!r})\n"
-        "assert 'tuning' not in sys.modules\n"
-        "with torch.no_grad(): out = m(input_ids=c['input_ids'], attention_mask=c['attention_mask']).logits\n"
-        "torch.testing.assert_close(out, c['logits_eval'], rtol=1e-5, atol=1e-5); print(type(m).__name__)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().endswith("BaichuanForCausalLM")
+        shutil.copy(path, model_dir)
+    install_code(model_dir)
+    assert_works_as_remote_code(model_dir, cases, cases["logits_eval"], tmp_path)
 
 
 def test_install_code_keeps_the_originals(reference_dir, tmp_path):
