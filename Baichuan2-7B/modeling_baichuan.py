@@ -204,11 +204,16 @@ class NormHead(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "NormHead":
-        """A NormHead that takes over the weight of a bias-free `nn.Linear` (no copy)."""
+        """A NormHead that takes over the weight of a bias-free `nn.Linear` (no copy) and its initialised flag.
+
+        `resize_token_embeddings` marks the resized layer as initialised; without the flag a later `post_init()`
+        would draw the head anew.
+        """
         if linear.bias is not None:
             raise ValueError("NormHead has no bias: cannot take over a Linear layer with one")
         head = cls(linear.in_features, linear.out_features, device="meta")
         head.weight = linear.weight
+        head._is_hf_initialized = getattr(linear, "_is_hf_initialized", False)
         return head
 
     def reset_parameters(self) -> None:
