@@ -3,7 +3,6 @@
 import json
 import pickle
 import shutil
-import sys
 
 import pytest
 import torch
@@ -263,20 +262,3 @@ def test_z_loss_adds_the_mean_squared_max_logit(reference_dir, cases):
     torch.testing.assert_close(sparse.loss, plain.loss + 0.5 * label_positions, **TOL)
 
 
-@pytest.mark.parametrize("soc, fused", [("Ascend910B3", True), ("Ascend910_9391", True), ("Ascend910ProB", False),
-                                        ("Ascend310P3", False)])
-def test_npu_fused_rms_norm_only_where_documented_and_decided_once(monkeypatch, soc, fused):
-    """torch_npu.npu_rms_norm exists on every NPU but is documented for Atlas A2/A3 only; elsewhere the plain norm."""
-    modeling = sys.modules[BaichuanForCausalLM.__module__]
-    queries = []
-    kernel = object()
-    monkeypatch.setattr(modeling, "torch_npu", type("FakeTorchNpu", (), {"npu_rms_norm": kernel}))
-    monkeypatch.setattr(torch, "npu", type("FakeNpu", (), {"get_device_name": lambda: queries.append(soc) or soc}),
-                        raising=False)
-    monkeypatch.delenv("BAICHUAN_NPU_FUSED_KERNELS", raising=False)
-    modeling.fused_npu_rms_norm.cache_clear()
-    try:
-        choices = {modeling.fused_npu_rms_norm() for _ in range(3)}
-    finally:
-        modeling.fused_npu_rms_norm.cache_clear()
-    assert choices == {kernel if fused else None} and queries == [soc]

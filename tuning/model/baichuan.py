@@ -1,4 +1,4 @@
-"""Our Baichuan2 code from `Baichuan2-7B/`: import, Auto-class registration, loading, code install.
+"""Loading our Baichuan2 model and tokenizer safely, the tiny config, the attention choice, and code install.
 
 `python -m tuning.model.baichuan install-code WEIGHTS_DIR` copies our model, config and tokenizer code into a
 downloaded Baichuan2 weights folder (the originals are kept as `*.orig`), for tools that load it with
@@ -6,51 +6,27 @@ downloaded Baichuan2 weights folder (the originals are kept as `*.orig`), for to
 """
 
 import argparse
-import importlib.util
 import pickle
 import shutil
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import is_flash_attn_2_available
 
+from tuning.model.classes import (  # noqa: F401  (re-exported: the names the other packages import from here)
+    CODE_DIR,
+    CODE_FILES,
+    BaichuanConfig,
+    BaichuanForCausalLM,
+    BaichuanModel,
+    BaichuanTokenizer,
+)
 from tuning.model.files import missing_model_files
-from tuning.runtime.devices import Device
+from tuning.model.npu import use_npu_fused_kernels
+from tuning.runtime.devices import Device, detect_device
+from tuning.runtime.distributed import local_rank
 from tuning.runtime.errors import DataError, report_errors
-from tuning.runtime.paths import REPO_ROOT
-
-CODE_DIR = REPO_ROOT / "Baichuan2-7B"
-CODE_FILES = ("configuration_baichuan.py", "modeling_baichuan.py", "tokenization_baichuan.py")
-PACKAGE_NAME = "baichuan2_7b"
-
-
-def _import_code_package():
-    """Import the hyphenated `Baichuan2-7B/` folder as the package `baichuan2_7b`."""
-    if PACKAGE_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACKAGE_NAME, CODE_DIR / "__init__.py", submodule_search_locations=[str(CODE_DIR)]
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE_NAME] = package
-        spec.loader.exec_module(package)
-    return sys.modules[PACKAGE_NAME]
-
-
-_package = _import_code_package()
-BaichuanConfig = _package.BaichuanConfig
-BaichuanForCausalLM = _package.BaichuanForCausalLM
-BaichuanModel = _package.BaichuanModel
-BaichuanTokenizer = _package.BaichuanTokenizer
-
-AutoConfig.register(BaichuanConfig.model_type, BaichuanConfig, exist_ok=True)
-AutoModel.register(BaichuanConfig, BaichuanModel, exist_ok=True)
-AutoModelForCausalLM.register(BaichuanConfig, BaichuanForCausalLM, exist_ok=True)
-AutoTokenizer.register(BaichuanConfig, slow_tokenizer_class=BaichuanTokenizer, exist_ok=True)
-# save_pretrained then copies our code beside the weights and writes the official auto_map.
-BaichuanConfig.register_for_auto_class()
-BaichuanForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 
 
 def tiny_config(vocab_size: int, user_token_id: int, assistant_token_id: int, **overrides) -> BaichuanConfig:
@@ -99,16 +75,24 @@ def load_tokenizer(model_dir: str | Path) -> BaichuanTokenizer:
 
 
 def load_model(
-    model_dir: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+    model_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: Device | None = None,
 ) -> BaichuanForCausalLM:
-    """Load weights (safetensors, or pickles with weights_only=True) into our model class; no remote code runs."""
+    """Load weights (safetensors, or pickles with weights_only=True) into our model class; no remote code runs.
+
+    On an Atlas A2/A3 NPU (`device`, else the one this process detects) the RMSNorm layers use torch_npu's kernel.
+    """
     try:
-        return BaichuanForCausalLM.from_pretrained(
+        model = BaichuanForCausalLM.from_pretrained(
             str(check_model_dir(model_dir)), dtype=dtype, attn_implementation=attn_implementation, weights_only=True
         )
     except pickle.UnpicklingError as error:
         reason = str(error).splitlines()[-1] if str(error) else type(error).__name__
         raise DataError(f"{model_dir}: refused to unpickle weights that hold more than tensors ({reason})") from None
+    use_npu_fused_kernels(model, device or detect_device(local_rank()))
+    return model
 
 
 def install_code(weights_dir: str | Path) -> list[Path]:
