@@ -23,7 +23,7 @@ from tuning.model.classes import (  # noqa: F401  (re-exported: the names the ot
     BaichuanModel,
     BaichuanTokenizer,
 )
-from tuning.model.files import checkpoint_shapes, missing_model_files, weight_files, weights_bytes
+from tuning.model.files import checkpoint_shapes, missing_model_files, size_in, weight_files
 from tuning.model.npu import use_npu_fused_kernels
 from tuning.runtime.devices import Device, detect_device
 from tuning.runtime.distributed import local_rank, note
@@ -111,15 +111,14 @@ def load_tokenizer(model_dir: str | Path) -> BaichuanTokenizer:
     return tokenizer
 
 
-def check_weights_fit(model_dir: Path, config: BaichuanConfig) -> None:
-    """The folder's tensors are exactly the model's, in its shapes (read from the files' headers, weights unread).
+def check_weights_fit(model_dir: Path, config: BaichuanConfig, found: dict[str, tuple[int, ...]]) -> None:
+    """The folder's tensors (`found`: names and shapes) are exactly the config's model's, in its shapes.
 
     Tensors the model class says to skip (`_keys_to_ignore_on_load_unexpected`, e.g. the rotary buffers of old
     checkpoints, which it derives itself) may be present.
     """
     with torch.device("meta"):
         expected = {name: tuple(tensor.shape) for name, tensor in BaichuanForCausalLM(config).state_dict().items()}
-    found = checkpoint_shapes(model_dir)
     ignored = BaichuanForCausalLM._keys_to_ignore_on_load_unexpected or []
     missing = sorted(name for name in expected if name not in found)
     unexpected = sorted(name for name in found if name not in expected and not any(re.search(p, name) for p in ignored))
@@ -149,9 +148,10 @@ def load_model(
     detects) the RMSNorm layers use torch_npu's kernel.
     """
     config = load_config(model_dir)
-    check_weights_fit(Path(model_dir), config)
+    shapes = checkpoint_shapes(model_dir)  # from the files' headers, weights unread
+    check_weights_fit(Path(model_dir), config, shapes)
     files = weight_files(model_dir)
-    size = weights_bytes(model_dir, dtype)
+    size = size_in(shapes, dtype)
     shown = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
     files_named = f"{len(files)} weight file{'s' if len(files) > 1 else ''}"
     note(f"loading {model_dir}: {files_named}, {shown} in {str(dtype).removeprefix('torch.')}")

@@ -83,8 +83,12 @@ def weights_bytes(folder: str | Path, dtype: torch.dtype) -> int:
     does not matter and nothing is loaded: the official bf16 Baichuan2-7B (7,505,973,248 parameters) gives
     15.0 GB in bfloat16 and 30.0 GB in float32.
     """
-    numel = sum(torch.Size(shape).numel() for shape in checkpoint_shapes(folder).values())
-    return numel * dtype.itemsize
+    return size_in(checkpoint_shapes(folder), dtype)
+
+
+def size_in(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> int:
+    """Bytes that tensors of these shapes take in `dtype`."""
+    return sum(torch.Size(shape).numel() for shape in shapes.values()) * dtype.itemsize
 
 
 def missing_adapter_files(folder: str | Path) -> list[str]:
