@@ -8,9 +8,7 @@ Hidden states and attention weights are recorded by transformers' output-capturi
 (`_can_record_outputs`), and the loss is transformers' `ForCausalLMLoss` (plus the optional z-loss).
 """
 
-import functools
 import math
-import os
 from collections.abc import Callable
 
 import torch
@@ -32,34 +30,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_baichuan import BaichuanConfig
 
-try:
-    import torch_npu
-except (ImportError, OSError, RuntimeError):
-    torch_npu = None
-
 IGNORE_INDEX = -100
-# torch_npu's fused RMSNorm kernel is documented for Atlas A2/A3 (these SoC names); BAICHUAN_NPU_FUSED_KERNELS=0
-# turns it off.
-FUSED_RMS_NORM_SOCS = ("Ascend910B", "Ascend910_93")
-
-
-@functools.cache
-def fused_npu_rms_norm() -> Callable | None:
-    """The fused kernel where this NPU supports it, else None (the plain computation); decided once per process."""
-    kernel = getattr(torch_npu, "npu_rms_norm", None)
-    if kernel is None or os.environ.get("BAICHUAN_NPU_FUSED_KERNELS", "1") == "0":
-        return None
-    return kernel if torch.npu.get_device_name().startswith(FUSED_RMS_NORM_SOCS) else None
-
-
-def rms_norm(hidden_states: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm with the variance in float32; the fused `torch_npu.npu_rms_norm` kernel on Atlas A2/A3 NPUs."""
-    if hidden_states.device.type == "npu" and (fused := fused_npu_rms_norm()) is not None:
-        return fused(hidden_states, weight, epsilon=eps)[0]
-    input_dtype = hidden_states.dtype
-    hidden_fp32 = hidden_states.to(torch.float32)
-    variance = hidden_fp32.pow(2).mean(-1, keepdim=True)
-    return weight * (hidden_fp32 * torch.rsqrt(variance + eps)).to(input_dtype)
 
 
 class BaichuanRMSNorm(nn.Module):
@@ -69,7 +40,11 @@ class BaichuanRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
+        """The variance in float32, the weight applied in the input dtype."""
+        input_dtype = hidden_states.dtype
+        hidden_fp32 = hidden_states.to(torch.float32)
+        variance = hidden_fp32.pow(2).mean(-1, keepdim=True)
+        return self.weight * (hidden_fp32 * torch.rsqrt(variance + self.variance_epsilon)).to(input_dtype)
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,11 +179,16 @@ class NormHead(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear) -> "NormHead":
-        """A NormHead that takes over the weight of a bias-free `nn.Linear` (no copy)."""
+        """A NormHead that takes over the weight of a bias-free `nn.Linear` (no copy) and its initialised flag.
+
+        `resize_token_embeddings` marks the resized layer as initialised; without the flag a later `post_init()`
+        would draw the head anew.
+        """
         if linear.bias is not None:
             raise ValueError("NormHead has no bias: cannot take over a Linear layer with one")
         head = cls(linear.in_features, linear.out_features, device="meta")
         head.weight = linear.weight
+        head._is_hf_initialized = getattr(linear, "_is_hf_initialized", False)
         return head
 
     def reset_parameters(self) -> None:

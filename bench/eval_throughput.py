@@ -14,16 +14,20 @@ from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
-from bench.common import default_data, display_path, format_table, header_lines, split_jsonl
+from bench.common import default_data, default_tokenizer, display_path, format_table, header_lines, split_jsonl
+from tuning.data.prompt import PromptFormat
 from tuning.eval.evaluate import EvalSettings, encode_eval_data, prompt_settings
 from tuning.eval.generation import greedy_generate, parse_answer
 from tuning.eval.inference import inference_setup, load_for_inference
 from tuning.eval.predicting import Classifier, find_model, read_input_file, write_predictions
 from tuning.eval.scoring import candidate_ids, label_log_probs
+from tuning.model.baichuan import BaichuanForCausalLM, BaichuanTokenizer, tiny_config
+from tuning.model.tiny import ASSISTANT_TOKEN, USER_TOKEN
 from tuning.run_layout import run_defaults
 from tuning.runtime.cli import HelpFormatter, whole_number
-from tuning.runtime.devices import timed
+from tuning.runtime.devices import detect_device, timed
 from tuning.runtime.errors import report_errors
 from tuning.runtime.fileio import read_jsonl, write_jsonl
 
@@ -127,6 +131,55 @@ def report(
     ]
 
 
+def norm_head_benchmark(args: argparse.Namespace) -> list[str]:
+    """Label scoring and generation with NormHead's cached normalised weight, and normalising in every forward."""
+    device = detect_device()
+    tokenizer = BaichuanTokenizer(vocab_file=str(default_tokenizer()))
+    torch.manual_seed(0)
+    model = BaichuanForCausalLM(tiny_config(tokenizer.vocab_size, *tokenizer.convert_tokens_to_ids(
+        [USER_TOKEN, ASSISTANT_TOKEN]))).to(device.torch_device()).eval()
+    head = model.lm_head
+    cached, uncached = type(head), type("UncachedNormHead", (type(head),), {
+        "normalized_weight": lambda self: F.normalize(self.weight, dim=-1)})
+    prompt_format = PromptFormat.from_config(model.config)
+    max_length = args.model_max_length or 256
+    with tempfile.TemporaryDirectory(prefix="eval_throughput.") as workdir:
+        records = read_jsonl(split_jsonl(args.data, "eval", Path(workdir)))[: args.reviews]
+    prompts = [prompt_format.prompt_ids(tokenizer, record["review"], max_length)[0] for record in records]
+    candidates = candidate_ids(prompt_format, tokenizer)
+    work = {
+        "scoring": lambda: label_log_probs(model, prompts, candidates, model.config.pad_token_id, args.batch_size),
+        "generation": lambda: greedy_generate(model, prompts, model.config.pad_token_id, prompt_format.eos_token_id,
+                                              args.max_new_tokens, batch_size=1),
+    }
+    seconds = {(name, cache): [] for name in work for cache in ("cached", "uncached")}
+    for round_index in range(args.rounds):
+        for name, cache in seconds if round_index % 2 == 0 else list(seconds)[::-1]:
+            head.__class__ = cached if cache == "cached" else uncached
+            _, elapsed = timed(device, work[name])
+            seconds[name, cache].append(elapsed)
+            print(f"round {round_index + 1}/{args.rounds}  {name} {cache}: {len(prompts) / elapsed:.1f} reviews/s",
+                  file=sys.stderr, flush=True)
+    rate = {key: len(prompts) * len(times) / sum(times) for key, times in seconds.items()}
+    rows = [[name, cache, f"{rate[name, cache]:.1f}", f"{1000 / rate[name, cache]:.1f}"] for name, cache in rate]
+    speedup = {name: rate[name, "cached"] / rate[name, "uncached"] for name in work}
+    config = model.config
+    return [
+        *header_lines(device, torch.float32),
+        f"model:    cpu preset, random init ({model.num_parameters() / 1e6:,.1f}M parameters, hidden "
+        f"{config.hidden_size}, {config.num_hidden_layers} layers, vocabulary {config.vocab_size:,})",
+        f"data:     the first {len(prompts)} eval reviews of {display_path(args.data)} (prompts cut to {max_length} "
+        f"tokens); scoring {args.batch_size} reviews per batch, generation {args.max_new_tokens} tokens, 1 review "
+        "per call",
+        f"timing:   {args.rounds} rounds, each of the four over all reviews per round, the order reversed every "
+        "other round",
+        "",
+        *format_table(["method", "NormHead", "reviews/s", "ms/review"], rows, text_columns=2),
+        "",
+        f"norm_head_cache_speedup: scoring {speedup['scoring']:.2f}, generation {speedup['generation']:.2f}",
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -148,6 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=whole_number(), default=2,
                         help="rounds; each times both methods over all reviews")
     parser.add_argument("--fp32", action="store_true", help="compute in fp32 even on a device with native bf16")
+    parser.add_argument("--norm_head_cache", action="store_true",
+                        help="time NormHead's cached normalised weight against none on the cpu preset instead (fp32)")
     return parser.parse_args(argv)
 
 
@@ -155,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
     def measure() -> int:
-        print("\n".join(benchmark(args)))
+        print("\n".join(norm_head_benchmark(args) if args.norm_head_cache else benchmark(args)))
         return 0
 
     return report_errors(measure)

@@ -1,4 +1,8 @@
-"""Small random causal LMs for the scoring and generation tests: a tiny Llama and our tiny Baichuan2."""
+"""Small random causal LMs for the scoring and generation tests: a tiny Llama and our tiny Baichuan2; weights written
+in the official release's sharded .bin layout."""
+
+import json
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -49,3 +53,20 @@ def expected_precision() -> str:
     """What a bf16 recipe trains in on this machine's device: fp32 on the CPU, fp16 on GPUs without bf16."""
     device = detect_device()
     return "fp32" if device.kind == "cpu" else "bf16" if device.bf16 else "fp16"
+
+
+def write_sharded_bin(state_dict: dict[str, torch.Tensor], folder: Path, shards: int = 2) -> list[Path]:
+    """The official release's layout: `pytorch_model-0000N-of-0000M.bin` (torch.save of plain tensors, the names split
+    in order into `shards` parts) and `pytorch_model.bin.index.json` (total_size in the stored dtype, weight_map)."""
+    names = list(state_dict)
+    files, weight_map = [], {}
+    for index in range(shards):
+        path = folder / f"pytorch_model-{index + 1:05d}-of-{shards:05d}.bin"
+        part = names[index * len(names) // shards : (index + 1) * len(names) // shards]
+        torch.save({name: state_dict[name].clone() for name in part}, path)
+        weight_map.update(dict.fromkeys(part, path.name))
+        files.append(path)
+    total_size = sum(tensor.numel() * tensor.element_size() for tensor in state_dict.values())
+    index_json = {"metadata": {"total_size": total_size}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index_json, indent=2), encoding="utf-8")
+    return files

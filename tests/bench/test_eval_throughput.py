@@ -30,6 +30,21 @@ def test_eval_throughput_compares_generation_with_scoring(bench_files, capsys):
         assert float(table_row(lines, name).split()[-3]) > 0  # reviews/s
 
 
+def test_eval_throughput_times_the_norm_head_cache_on_the_real_vocabulary(bench_files, baichuan_tokenizer_model,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setattr(eval_throughput, "default_tokenizer", lambda: baichuan_tokenizer_model)
+    code, lines, err = run(eval_throughput.main, [
+        "--norm_head_cache", "--data", str(bench_files / "waimai.csv"), "--reviews", "4", "--rounds", "1",
+    ], capsys)
+    assert code == 0, err
+    assert "vocabulary 125,696" in next(line for line in lines if line.startswith("model:"))
+    rows = [line.split() for line in lines if line.split()[:1] in (["scoring"], ["generation"])]
+    assert [row[:2] for row in rows] == [[name, cache] for name in ("scoring", "generation")
+                                         for cache in ("cached", "uncached")]
+    speedups = re.match(r"^norm_head_cache_speedup: scoring (\d+\.\d+), generation (\d+\.\d+)$", lines[-1])
+    assert speedups and all(float(value) > 0 for value in speedups.groups())
+
+
 def test_eval_throughput_without_a_model_says_how_to_make_one(tmp_path, capsys):
     code, _, err = run(eval_throughput.main, ["--model", str(tmp_path / "tiny-tuned")], capsys)
     assert code == 2 and err.count("\n") == 1

@@ -3,15 +3,15 @@
 import json
 import pickle
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from remote_code import assert_works_as_remote_code
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from tuning.model.baichuan import CODE_FILES, BaichuanForCausalLM, install_code, load_model
+from tuning.model.baichuan import main as baichuan_main
 from tuning.runtime.errors import DataError
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -164,20 +164,12 @@ def test_save_pretrained_writes_the_official_layout_and_loads_back(model, cases,
 
 def test_copied_files_work_as_remote_code(reference_dir, cases, tmp_path):
     """The folder's own code, loaded by transformers with trust_remote_code, in a process that never imported ours."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
     for path in reference_dir.iterdir():
-        shutil.copy(path, tmp_path)
-    install_code(tmp_path)
-    script = (
-        "import sys, torch; from transformers import AutoModelForCausalLM; from safetensors.torch import load_file\n"
-        f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()\n"
-        f"c = load_file({str(reference_dir / 'cases.safetensors')!r})\n"
-        "assert 'tuning' not in sys.modules\n"
-        "with torch.no_grad(): out = m(input_ids=c['input_ids'], attention_mask=c['attention_mask']).logits\n"
-        "torch.testing.assert_close(out, c['logits_eval'], rtol=1e-5, atol=1e-5); print(type(m).__name__)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().endswith("BaichuanForCausalLM")
+        shutil.copy(path, model_dir)
+    install_code(model_dir)
+    assert_works_as_remote_code(model_dir, cases, cases["logits_eval"], tmp_path)
 
 
 def test_install_code_keeps_the_originals(reference_dir, tmp_path):
@@ -190,14 +182,14 @@ def test_install_code_keeps_the_originals(reference_dir, tmp_path):
     assert (tmp_path / "modeling_baichuan.py.orig").read_text() == "# official\n"
 
 
-def test_stray_rotary_buffers_in_a_checkpoint_are_ignored(reference_dir, cases, tmp_path):
-    for name in ("config.json", "generation_config.json"):
-        shutil.copy(reference_dir / name, tmp_path)
-    weights = load_file(reference_dir / "model.safetensors")
-    weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)
-    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
-    model = BaichuanForCausalLM.from_pretrained(str(tmp_path)).eval()
-    torch.testing.assert_close(_eval_logits(model, cases), cases["logits_eval"], **TOL)
+def test_install_code_command_errors_are_one_line(reference_dir, tmp_path, capsys):
+    assert baichuan_main(["install-code", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path} is not a model folder (no config.json)\n"
+    shutil.copy(reference_dir / "config.json", tmp_path)
+    (tmp_path / "modeling_baichuan.py").mkdir()  # a file that cannot be written: an OSError, exit code 1
+    assert baichuan_main(["install-code", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "modeling_baichuan.py" in error and error.count("\n") == 1
 
 
 class _RunsCode:
@@ -260,20 +252,3 @@ def test_z_loss_adds_the_mean_squared_max_logit(reference_dir, cases):
     torch.testing.assert_close(sparse.loss, plain.loss + 0.5 * label_positions, **TOL)
 
 
-@pytest.mark.parametrize("soc, fused", [("Ascend910B3", True), ("Ascend910_9391", True), ("Ascend910ProB", False),
-                                        ("Ascend310P3", False)])
-def test_npu_fused_rms_norm_only_where_documented_and_decided_once(monkeypatch, soc, fused):
-    """torch_npu.npu_rms_norm exists on every NPU but is documented for Atlas A2/A3 only; elsewhere the plain norm."""
-    modeling = sys.modules[BaichuanForCausalLM.__module__]
-    queries = []
-    kernel = object()
-    monkeypatch.setattr(modeling, "torch_npu", type("FakeTorchNpu", (), {"npu_rms_norm": kernel}))
-    monkeypatch.setattr(torch, "npu", type("FakeNpu", (), {"get_device_name": lambda: queries.append(soc) or soc}),
-                        raising=False)
-    monkeypatch.delenv("BAICHUAN_NPU_FUSED_KERNELS", raising=False)
-    modeling.fused_npu_rms_norm.cache_clear()
-    try:
-        choices = {modeling.fused_npu_rms_norm() for _ in range(3)}
-    finally:
-        modeling.fused_npu_rms_norm.cache_clear()
-    assert choices == {kernel if fused else None} and queries == [soc]

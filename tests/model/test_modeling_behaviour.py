@@ -135,6 +135,15 @@ def test_resize_token_embeddings_keeps_the_norm_head_and_generation(model, ids, 
     torch.testing.assert_close(_logits(reloaded, new_token_prompt), _logits(model, new_token_prompt), rtol=0, atol=0)
 
 
+def test_post_init_after_resize_keeps_the_resized_weights(model):
+    """Building on a resized model (e.g. a subclass or a wrapper calling post_init()) must not draw the head anew."""
+    model.resize_token_embeddings(VOCAB_SIZE + 10)
+    head, embeddings = model.lm_head.weight.detach().clone(), model.model.embed_tokens.weight.detach().clone()
+    model.post_init()
+    assert torch.equal(model.lm_head.weight, head)
+    assert torch.equal(model.model.embed_tokens.weight, embeddings)
+
+
 def test_tie_weights_leaves_the_head_untied(model):
     model.tie_weights()
     model.resize_token_embeddings(VOCAB_SIZE + 1)

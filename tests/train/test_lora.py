@@ -7,13 +7,12 @@ The launcher run (`USE_LORA=true bash ds_run_bf16.sh`: 2 processes, ZeRO-2, then
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from remote_code import assert_works_as_remote_code
+from safetensors.torch import load_file
 from tiny_models import ONE_PROCESS_FLAGS
 from torch import nn
 
@@ -152,23 +151,8 @@ def test_the_merged_folder_loads_as_remote_code(lora_run, tmp_path):
     """transformers' Auto classes with trust_remote_code, in a process that never imported our code."""
     run = lora_run["dir"]
     batch = _batch(run)
-    save_file({**batch, "logits": _logits(load_model(run), batch)}, tmp_path / "expected.safetensors")
-    script = (
-        "import sys, torch; from transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        "from safetensors.torch import load_file\n"
-        f"model = AutoModelForCausalLM.from_pretrained({str(run)!r}, trust_remote_code=True).eval()\n"
-        f"tokenizer = AutoTokenizer.from_pretrained({str(run)!r}, trust_remote_code=True)\n"
-        f"expected = load_file({str(tmp_path / 'expected.safetensors')!r})\n"
-        "assert 'tuning' not in sys.modules and type(model).__module__.startswith('transformers_modules')\n"
-        "ids = expected['input_ids'][0][expected['attention_mask'][0] == 1].tolist()\n"
-        f"assert tokenizer.encode({REVIEWS[0]!r}) == ids\n"
-        "with torch.no_grad():\n"
-        "    logits = model(input_ids=expected['input_ids'], attention_mask=expected['attention_mask']).logits\n"
-        "torch.testing.assert_close(logits, expected['logits'], rtol=1e-5, atol=1e-5); print(type(model).__name__)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().endswith("BaichuanForCausalLM")
+    text_ids = load_tokenizer(run).encode(REVIEWS[0])
+    assert_works_as_remote_code(run, batch, _logits(load_model(run), batch), tmp_path, REVIEWS[0], text_ids)
 
 
 def test_a_lora_run_resumes_from_its_latest_checkpoint(lora_run, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Our Baichuan2 code from `Baichuan2-7B/`: import, Auto-class registration, loading, code install.
+"""Loading our Baichuan2 model and tokenizer safely, the tiny config, the attention choice, and code install.
 
 `python -m tuning.model.baichuan install-code WEIGHTS_DIR` copies our model, config and tokenizer code into a
 downloaded Baichuan2 weights folder (the originals are kept as `*.orig`), for tools that load it with
@@ -6,51 +6,31 @@ downloaded Baichuan2 weights folder (the originals are kept as `*.orig`), for to
 """
 
 import argparse
-import importlib.util
-import pickle
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import is_flash_attn_2_available
+from transformers.utils import logging as hf_logging
 
-from tuning.model.files import missing_model_files
-from tuning.runtime.devices import Device
-from tuning.runtime.errors import DataError
-from tuning.runtime.paths import REPO_ROOT
+from tuning.model.classes import (  # noqa: F401  (re-exported: the names the other packages import from here)
+    CODE_DIR,
+    CODE_FILES,
+    BaichuanConfig,
+    BaichuanForCausalLM,
+    BaichuanModel,
+    BaichuanTokenizer,
+)
+from tuning.model.files import checkpoint_shapes, missing_model_files, size_in, weight_files
+from tuning.model.npu import use_npu_fused_kernels
+from tuning.runtime.devices import Device, detect_device
+from tuning.runtime.distributed import local_rank, note
+from tuning.runtime.errors import DataError, report_errors
+from tuning.runtime.fileio import read_json
 
-CODE_DIR = REPO_ROOT / "Baichuan2-7B"
-CODE_FILES = ("configuration_baichuan.py", "modeling_baichuan.py", "tokenization_baichuan.py")
-PACKAGE_NAME = "baichuan2_7b"
-
-
-def _import_code_package():
-    """Import the hyphenated `Baichuan2-7B/` folder as the package `baichuan2_7b`."""
-    if PACKAGE_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACKAGE_NAME, CODE_DIR / "__init__.py", submodule_search_locations=[str(CODE_DIR)]
-        )
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE_NAME] = package
-        spec.loader.exec_module(package)
-    return sys.modules[PACKAGE_NAME]
-
-
-_package = _import_code_package()
-BaichuanConfig = _package.BaichuanConfig
-BaichuanForCausalLM = _package.BaichuanForCausalLM
-BaichuanModel = _package.BaichuanModel
-BaichuanTokenizer = _package.BaichuanTokenizer
-
-AutoConfig.register(BaichuanConfig.model_type, BaichuanConfig, exist_ok=True)
-AutoModel.register(BaichuanConfig, BaichuanModel, exist_ok=True)
-AutoModelForCausalLM.register(BaichuanConfig, BaichuanForCausalLM, exist_ok=True)
-AutoTokenizer.register(BaichuanConfig, slow_tokenizer_class=BaichuanTokenizer, exist_ok=True)
-# save_pretrained then copies our code beside the weights and writes the official auto_map.
-BaichuanConfig.register_for_auto_class()
-BaichuanForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+ARCHITECTURE = BaichuanForCausalLM.__name__  # what config.json's "architectures" names
 
 
 def tiny_config(vocab_size: int, user_token_id: int, assistant_token_id: int, **overrides) -> BaichuanConfig:
@@ -83,32 +63,110 @@ def attention_implementation(device: Device, dtype: torch.dtype) -> str:
     return "sdpa"
 
 
+def _first(names: list[str], count: int = 3) -> str:
+    return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
+
+
 def check_model_dir(model_dir: str | Path) -> Path:
-    """Raise DataError naming what a model folder lacks."""
+    """Raise DataError naming what a model folder lacks, or the other architecture its config.json describes."""
     model_dir = Path(model_dir)
     missing = missing_model_files(model_dir)
     if missing:
         raise DataError(f"model folder {model_dir} is missing or incomplete: {', '.join(missing)}")
+    config = read_json(model_dir / "config.json")
+    model_type, architectures = config.get("model_type"), config.get("architectures") or [ARCHITECTURE]
+    if model_type != BaichuanConfig.model_type or architectures != [ARCHITECTURE]:
+        raise DataError(
+            f"model folder {model_dir} holds another architecture (config.json: model_type {model_type!r}, "
+            f"architectures {architectures}); expected Baichuan2-7B (model_type "
+            f"{BaichuanConfig.model_type!r}, {ARCHITECTURE})"
+        )
     if not (model_dir / "tokenizer.model").is_file():
         raise DataError(f"model folder {model_dir} has no tokenizer.model")
     return model_dir
 
 
+def load_config(model_dir: str | Path) -> BaichuanConfig:
+    """The checked folder's config; settings the architecture cannot have are a DataError naming config.json."""
+    model_dir = check_model_dir(model_dir)
+    try:
+        return BaichuanConfig.from_pretrained(str(model_dir))
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{model_dir / 'config.json'}: {str(error).splitlines()[0]}") from None
+
+
 def load_tokenizer(model_dir: str | Path) -> BaichuanTokenizer:
-    return BaichuanTokenizer.from_pretrained(str(check_model_dir(model_dir)))
+    """The folder's tokenizer; one whose vocabulary is not the config's (another model's) is a DataError."""
+    vocab_size = load_config(model_dir).vocab_size
+    tokenizer_file = Path(model_dir) / "tokenizer.model"
+    try:
+        tokenizer = BaichuanTokenizer.from_pretrained(str(model_dir))
+    except (RuntimeError, OSError) as error:  # sentencepiece's answer to a file that is not one of its models
+        raise DataError(f"{tokenizer_file}: not a SentencePiece model ({str(error).splitlines()[0]})") from None
+    if tokenizer.vocab_size != vocab_size:
+        raise DataError(
+            f"{tokenizer_file} has {tokenizer.vocab_size:,} tokens but config.json's vocab_size is {vocab_size:,}: "
+            "the tokenizer belongs to another model"
+        )
+    return tokenizer
+
+
+def check_weights_fit(model_dir: Path, config: BaichuanConfig, found: dict[str, tuple[int, ...]]) -> None:
+    """The folder's tensors (`found`: names and shapes) are exactly the config's model's, in its shapes.
+
+    Tensors the model class says to skip (`_keys_to_ignore_on_load_unexpected`, e.g. the rotary buffers of old
+    checkpoints, which it derives itself) may be present.
+    """
+    with torch.device("meta"):
+        expected = {name: tuple(tensor.shape) for name, tensor in BaichuanForCausalLM(config).state_dict().items()}
+    ignored = BaichuanForCausalLM._keys_to_ignore_on_load_unexpected or []
+    missing = sorted(name for name in expected if name not in found)
+    unexpected = sorted(name for name in found if name not in expected and not any(re.search(p, name) for p in ignored))
+    mismatched = sorted(
+        f"{name} {list(found[name])} (the model's {list(shape)})"
+        for name, shape in expected.items() if name in found and found[name] != shape
+    )
+    problems = [
+        f"{len(names)} {what} ({_first(names)})"
+        for what, names in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched))
+        if names
+    ]
+    if problems:
+        raise DataError(f"model folder {model_dir}: the weights do not fit config.json's model: {'; '.join(problems)}")
 
 
 def load_model(
-    model_dir: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"
+    model_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+    device: Device | None = None,
 ) -> BaichuanForCausalLM:
-    """Load weights (safetensors, or pickles with weights_only=True) into our model class; no remote code runs."""
+    """Load weights (safetensors, or pickles with weights_only=True) into our model class; no remote code runs.
+
+    Every check comes first: the folder, its architecture, and its tensors against the config's model. The
+    progress is one note on the main process. On an Atlas A2/A3 NPU (`device`, else the one this process
+    detects) the RMSNorm layers use torch_npu's kernel.
+    """
+    config = load_config(model_dir)
+    shapes = checkpoint_shapes(model_dir)  # from the files' headers, weights unread
+    check_weights_fit(Path(model_dir), config, shapes)
+    files = weight_files(model_dir)
+    size = size_in(shapes, dtype)
+    shown = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    files_named = f"{len(files)} weight file{'s' if len(files) > 1 else ''}"
+    note(f"loading {model_dir}: {files_named}, {shown} in {str(dtype).removeprefix('torch.')}")
+    progress_bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' bar per shard and per process
     try:
-        return BaichuanForCausalLM.from_pretrained(
-            str(check_model_dir(model_dir)), dtype=dtype, attn_implementation=attn_implementation, weights_only=True
+        model = BaichuanForCausalLM.from_pretrained(
+            str(model_dir), config=config, dtype=dtype, attn_implementation=attn_implementation,
+            use_safetensors=files[0].suffix == ".safetensors", weights_only=True,
         )
-    except pickle.UnpicklingError as error:
-        reason = str(error).splitlines()[-1] if str(error) else type(error).__name__
-        raise DataError(f"{model_dir}: refused to unpickle weights that hold more than tensors ({reason})") from None
+    finally:
+        if progress_bar_was_on:
+            hf_logging.enable_progress_bar()
+    use_npu_fused_kernels(model, device or detect_device(local_rank()))
+    return model
 
 
 def install_code(weights_dir: str | Path) -> list[Path]:
@@ -143,13 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     install.add_argument("weights_dir", help="folder holding config.json and the Baichuan2 weights")
     args = parser.parse_args(argv)
-    try:
+
+    def install() -> int:
         for path in install_code(args.weights_dir):
             print(f"installed {path}")
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return report_errors(install)
 
 
 if __name__ == "__main__":
