@@ -32,5 +32,5 @@ def inference_setup(fp32: bool = False) -> InferenceSetup:
 
 def load_for_inference(model_dir: str | Path, device: Device, dtype: torch.dtype) -> BaichuanForCausalLM:
     """The model in `dtype` on `device`, with the fastest attention the device offers."""
-    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
+    model = load_model(model_dir, dtype, attention_implementation(device, dtype), device)
     return model.to(device.torch_device())

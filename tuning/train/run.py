@@ -167,7 +167,8 @@ def build_trainer(
     # no fp32 copy (its adapter is fp32).
     use_lora = recipe.lora.use_lora
     dtype = compute_dtype(device, args.bf16, args.fp16) if args.deepspeed or use_lora else torch.float32
-    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype))
+    model = load_model(model_dir, dtype=dtype, attn_implementation=attention_implementation(device, dtype),
+                       device=device)
     if use_lora:
         model = add_lora(model, recipe.lora, bool(args.activation_checkpointing))
     label_accuracy = None
