@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tuning.eval.evaluate import PROMPT_DEFAULTS, EvalSettings, evaluate_model, prompt_settings
+from tuning.eval.model_card import write_model_card
 from tuning.eval.report import examples_table, prompt_line, results_payload, summary_table, write_outputs
 from tuning.model.baichuan import check_model_dir
 from tuning.runtime.cli import HelpFormatter, whole_number
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, console: Console) -> list[Path]:
     )
     console.print(examples_table(payload))
     console.print(summary_table(payload))
-    return write_outputs(output_dir, payload)
+    return write_outputs(output_dir, payload) + write_model_card(run_folder_of(model_dirs["tuned"]))
 
 
 def main(argv: list[str] | None = None) -> int:
