@@ -3,7 +3,6 @@
 import http.client
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,8 @@ from urllib.parse import urlsplit
 
 import uvicorn
 
+from tuning.serve.server import bind
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LISTENING = re.compile(r" on (http://127\.0\.0\.1:\d+) ")
 
@@ -23,8 +24,7 @@ LISTENING = re.compile(r" on (http://127\.0\.0\.1:\d+) ")
 @contextmanager
 def serving(app) -> Iterator[str]:
     """`app` served by uvicorn in a thread of this process on a free port of 127.0.0.1; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -75,12 +75,17 @@ def is_loopback(host: str) -> bool:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port but not yet listening, so that a busy port fails before the model loads."""
+    """A socket bound to host:port but not yet listening, so that a busy port fails before the model loads.
+
+    It is made with the protocol number getaddrinfo gives (TCP): asyncio turns Nagle's algorithm off only on
+    sockets that say so, and with it on every answer on a kept-alive connection waits for the client's delayed
+    acknowledgement (about 40 ms).
+    """
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, protocol)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
+        sock.bind(address)
     except OSError as error:
         raise DataError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})") from None
     return sock
