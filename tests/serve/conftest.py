@@ -24,4 +24,4 @@ def tuned_run(make_review_data, make_tiny_base, tmp_path_factory) -> dict:
     ])
     assert code == 0
     reviews = [record["review"] for record in read_jsonl(data_dir / "eval.jsonl")]
-    return {"run": run, "base": base, "reviews": reviews}
+    return {"run": run, "base": base, "eval": data_dir / "eval.jsonl", "reviews": reviews}
