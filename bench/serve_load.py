@@ -4,7 +4,8 @@ Starts `python serve.py` on a free port of 127.0.0.1 (loopback only) with the de
 number of clients (default 1, 8, 32) lets every client send requests of --reviews_per_request eval reviews, one
 after the other on its own keep-alive connection, for --seconds (and at most --max_requests in all). Reports
 requests/s, reviews/s, p50 / p99 latency and errors per level, and predict.py's reviews/s on the same reviews
-(its Classifier in this process, --batch_size reviews per forward pass, before the server starts). The last line
+(its Classifier in this process, --batch_size reviews per forward pass, before the server starts): on all of them
+at once, and for reference on --batch_size of them at a time in input order and on one at a time. The last line
 is `serve_vs_predict_<N>_clients: <ratio>` for the largest N.
 
 Run from the repository root:  python bench/serve_load.py   (or python -m bench.serve_load)
@@ -45,14 +46,25 @@ def client_counts(text: str) -> list[int]:
     return counts
 
 
-def predict_rate(model_dir: Path, reviews: list[str], batch_size: int, rounds: int) -> float:
-    """predict.py's reviews/s: its Classifier labelling all the reviews at once, the model already loaded."""
+def predict_rates(model_dir: Path, reviews: list[str], batch_size: int, rounds: int) -> dict[str, float]:
+    """predict.py's reviews/s, its Classifier in this process with the model loaded: on all the reviews at once
+    (sorted by length into batches: its real rate), on `batch_size` reviews at a time in input order (what a
+    server can reach when full batches arrive in any order), and on one review at a time."""
     device = detect_device()
     prepare_device(device)
     classifier = Classifier.load(model_dir, device, compute_dtype(device, want_bf16=True), batch_size)
     classifier.classify(reviews[:batch_size])  # warm-up, untimed
-    seconds = [timed(device, lambda: classifier.classify(reviews))[1] for _ in range(rounds)]
-    return len(reviews) * rounds / sum(seconds)
+    ways = {
+        "all at once": lambda: classifier.classify(reviews),
+        "in arrival order": lambda: [classifier.classify(reviews[start : start + batch_size])
+                                     for start in range(0, len(reviews), batch_size)],
+        "one at a time": lambda: [classifier.classify([review]) for review in reviews],
+    }
+    rates = {}
+    for name, way in ways.items():
+        seconds = [timed(device, way)[1] for _ in range(rounds)]
+        rates[name] = len(reviews) * rounds / sum(seconds)
+    return rates
 
 
 class Server:
@@ -161,7 +173,8 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     per = args.reviews_per_request
     requests = [json.dumps({"reviews": reviews[start : start + per]}, ensure_ascii=False).encode("utf-8")
                 for start in range(0, len(reviews) - per + 1, per)]
-    predict = predict_rate(model_dir, reviews, args.batch_size, args.rounds)
+    rates = predict_rates(model_dir, reviews, args.batch_size, args.rounds)
+    predict = rates["all at once"]
     print(f"predict.py: {predict:.1f} reviews/s", file=sys.stderr, flush=True)
 
     server = Server(model_dir, args.batch_size)
@@ -190,7 +203,8 @@ def benchmark(args: argparse.Namespace) -> list[str]:
         f"load:     each client sends its next request when the last is answered, {args.seconds:g} s per level "
         f"(at most {args.max_requests} requests), on its own keep-alive connection; clients run in this process",
         f"predict.py: {predict:.1f} reviews/s (its Classifier on all {len(reviews)} reviews, --batch_size "
-        f"{args.batch_size}, {args.rounds} rounds, model loaded)",
+        f"{args.batch_size}, {args.rounds} rounds, model loaded); {rates['in arrival order']:.1f} reviews/s on "
+        f"{args.batch_size} reviews at a time in input order, {rates['one at a time']:.1f} one review at a time",
         "",
         *format_table(["clients", "requests", "requests/s", "reviews/s", "p50 ms", "p99 ms", "errors",
                        "vs predict.py"], rows),

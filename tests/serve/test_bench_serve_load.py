@@ -10,7 +10,8 @@ def test_serve_load_reports_each_level_beside_predict_py(tuned_run, capsys):
                             "--reviews_per_request", "2", "--clients", "1,4", "--seconds", "1", "--rounds", "1"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert any(re.fullmatch(r"predict\.py: [\d.]+ reviews/s \(its Classifier on all 16 reviews, .*\)", line)
+    assert any(re.fullmatch(r"predict\.py: [\d.]+ reviews/s \(its Classifier on all 16 reviews, .*\); [\d.]+ "
+                            r"reviews/s on 16 reviews at a time in input order, [\d.]+ one review at a time", line)
                for line in out)
     rows = {line.split()[0]: line.split() for line in out if re.match(r"^(1|4)\s+\d+\s", line)}
     assert set(rows) == {"1", "4"}
