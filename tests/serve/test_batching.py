@@ -85,7 +85,7 @@ def test_scoring_does_not_block_the_event_loop():
         task.cancel()
         return ticks
 
-    assert asyncio.run(_with_batcher(batcher, tick_while_scoring)) >= 20  # the loop ran during the 0.5 s of scoring
+    assert asyncio.run(_with_batcher(batcher, tick_while_scoring)) >= 10  # the loop ran during the 0.5 s of scoring
 
 
 def test_a_failed_batch_fails_its_requests_and_the_next_batch_is_scored():

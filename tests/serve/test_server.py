@@ -30,14 +30,14 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_finishes_the_requests_in_flight_then_exits_0(tuned_run, stop):
-    # a 1.5 s batching wait holds the requests in the server when the signal comes
-    with serve_process("--model", str(tuned_run["run"]), "--batch_wait_ms", "1500") as served:
+    # a 3 s batching wait holds the requests in the server when the signal comes, 1 s after they were sent
+    with serve_process("--model", str(tuned_run["run"]), "--batch_wait_ms", "3000") as served:
         answers = []
         clients = [threading.Thread(target=lambda review=review: answers.append(classify(served.url, [review])))
                    for review in tuned_run["reviews"][:3]]
         for client in clients:
             client.start()
-        time.sleep(0.5)
+        time.sleep(1.0)
         served.process.send_signal(stop)
         for client in clients:
             client.join(timeout=60)
