@@ -6,7 +6,7 @@ from pathlib import Path
 from tuning.runtime.paths import REPO_ROOT
 
 # What each part may import: runtime <- data <- model <- run_layout <- eval <- train. Evaluation reads a run folder
-# (run_layout), never the training code.
+# (run_layout), never the training code; serve (the HTTP service) sits on eval, and nothing imports it.
 ALLOWED = {
     "transformers_modify": set(),
     "tuning": set(),  # the package docstring
@@ -17,6 +17,7 @@ ALLOWED = {
     "tuning.eval": {"tuning.runtime", "tuning.data", "tuning.model", "tuning.run_layout"},
     "tuning.train": {"tuning.runtime", "tuning.data", "tuning.model", "tuning.run_layout", "tuning.eval",
                      "transformers_modify"},
+    "tuning.serve": {"tuning.runtime", "tuning.data", "tuning.model", "tuning.run_layout", "tuning.eval"},
 }
 OURS = ("tuning", "transformers_modify")
 

@@ -21,7 +21,7 @@ PROBE = (
     "finally:\n"
     "    print('imported:', *sorted(name for name in {heavy} if name in sys.modules), file=sys.stderr)\n"
 ).format(heavy=HEAVY)
-SCRIPTS = ["predict.py", "run_test.py", "make_data.py", "tools/fetch_assets.py", "-mtuning.run_layout",
+SCRIPTS = ["predict.py", "run_test.py", "serve.py", "make_data.py", "tools/fetch_assets.py", "-mtuning.run_layout",
            "-mtuning.train.merge_lora"]
 
 

@@ -7,6 +7,7 @@ from rich.console import Console
 
 from tuning.eval.evaluate import EvalSettings, evaluate_model, prompt_settings
 from tuning.eval.inference import inference_setup
+from tuning.eval.model_card import write_model_card
 from tuning.eval.report import examples_table, prompt_line, results_payload, summary_table, write_outputs
 from tuning.model.baichuan import check_model_dir
 from tuning.run_layout import EVAL_DIR, run_defaults, run_folder_of, tuned_model_in, use_lora_from_environment
@@ -70,6 +71,6 @@ def compare(
     )
     console.print(examples_table(payload))
     console.print(summary_table(payload))
-    written = write_outputs(output_dir, payload)
+    written = write_outputs(output_dir, payload) + write_model_card(run_folder_of(model_dirs["tuned"]))
     console.print("wrote " + ", ".join(str(path) for path in written), markup=False, soft_wrap=True)
     return 0

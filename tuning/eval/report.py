@@ -149,7 +149,7 @@ def _markdown_cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|") or " "
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(_markdown_cell(cell) for cell in header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in rows]
 
@@ -172,7 +172,7 @@ def markdown_report(payload: dict) -> str:
         "",
         "## Examples",
         "",
-        *_markdown_table(
+        *markdown_table(
             ["review", "label", *("tune" if name == "tuned" else name for name in names)],
             [[ex["review"], ex["label"], *(ex[name] for name in names)] for ex in payload["examples"]],
         ),
@@ -182,7 +182,7 @@ def markdown_report(payload: dict) -> str:
         "Label scoring compares the total log-probability of each label word after the prompt (for the base model",
         "this is its zero-shot accuracy); generation parses the greedy answer.",
         "",
-        *_markdown_table(["metric", *(MODEL_TITLES.get(name, name) for name in names)], summary_rows(payload)),
+        *markdown_table(["metric", *(MODEL_TITLES.get(name, name) for name in names)], summary_rows(payload)),
         "",
         "## Confusion matrices (rows: gold label, columns: prediction)",
         "",
@@ -192,7 +192,7 @@ def markdown_report(payload: dict) -> str:
             confusion = metrics["confusion_matrix"]
             columns, counts = _shown_confusion(confusion)
             lines += [f"{MODEL_TITLES.get(name, name)}, {kind}:", ""]
-            lines += _markdown_table(
+            lines += markdown_table(
                 ["gold \\ predicted", *columns],
                 [[word, *map(str, row)] for word, row in zip(confusion["rows"], counts)],
             )

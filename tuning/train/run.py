@@ -15,6 +15,7 @@ from transformers_modify.versions import version_problems
 from tuning.data.collate import EncodedDataset, PaddingCollator
 from tuning.data.encode import EncodedSplit, load_split
 from tuning.data.prompt import PromptFormat, prompt_format_from_flags
+from tuning.eval.model_card import write_model_card
 from tuning.model.baichuan import (
     BaichuanConfig,
     BaichuanTokenizer,
@@ -306,6 +307,7 @@ def train(recipe: Recipe, started: float) -> int:
         summary |= {"wall_time_s": time.perf_counter() - started} | {key: eval_metrics.get(key) for key in EVAL_KEYS}
         write_json(output_dir / SUMMARY_NAME, summary)
         plot_curves(trainer.state.log_history, output_dir / CURVES_NAME)
+        write_model_card(output_dir)
         accuracy = summary["eval_accuracy"]
         print(
             f"done: {summary['global_step']} steps in {summary['wall_time_s']:.0f} s, "
