@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 
 from bench.common import REPO_ROOT, default_data, display_path, format_table, header_lines, split_jsonl
-from bench.eval_throughput import DEMO_MODEL, tuned_model_dir
-from tuning.eval.predicting import Classifier
+from bench.eval_throughput import DEMO_RUN
+from tuning.eval.inference import inference_setup
+from tuning.eval.predicting import Classifier, find_model
 from tuning.runtime.cli import HelpFormatter, whole_number
-from tuning.runtime.devices import compute_dtype, detect_device, prepare_device, timed
+from tuning.runtime.devices import timed
 from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.fileio import read_jsonl
 
@@ -50,9 +51,8 @@ def predict_rates(model_dir: Path, reviews: list[str], batch_size: int, rounds: 
     """predict.py's reviews/s, its Classifier in this process with the model loaded: on all the reviews at once
     (sorted by length into batches: its real rate), on `batch_size` reviews at a time in input order (what a
     server can reach when full batches arrive in any order), and on one review at a time."""
-    device = detect_device()
-    prepare_device(device)
-    classifier = Classifier.load(model_dir, device, compute_dtype(device, want_bf16=True), batch_size)
+    setup = inference_setup()
+    classifier = Classifier.load(model_dir, setup.device, setup.dtype, batch_size)
     classifier.classify(reviews[:batch_size])  # warm-up, untimed
     ways = {
         "all at once": lambda: classifier.classify(reviews),
@@ -62,7 +62,7 @@ def predict_rates(model_dir: Path, reviews: list[str], batch_size: int, rounds: 
     }
     rates = {}
     for name, way in ways.items():
-        seconds = [timed(device, way)[1] for _ in range(rounds)]
+        seconds = [timed(setup.device, way)[1] for _ in range(rounds)]
         rates[name] = len(reviews) * rounds / sum(seconds)
     return rates
 
@@ -163,9 +163,9 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 
 
 def benchmark(args: argparse.Namespace) -> list[str]:
-    model_dir = tuned_model_dir(args.model)
-    device = detect_device()
-    for line in header_lines(device, compute_dtype(device, want_bf16=True)):
+    model_dir = find_model(args.model, [DEMO_RUN])
+    setup = inference_setup()
+    for line in header_lines(setup.device, setup.dtype):
         print(line, flush=True)
     with tempfile.TemporaryDirectory(prefix="serve_load.") as workdir:
         reviews = [record["review"] for record in read_jsonl(split_jsonl(args.data, "eval", Path(workdir)))]
@@ -225,8 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--model", type=Path, default=DEMO_MODEL,
-                        help="the tuned model folder or training output folder; the default is the CPU demo's")
+    parser.add_argument("--model", type=Path, default=None,
+                        help=f"the tuned model folder or training output folder; default: the CPU demo's {display_path(DEMO_RUN)}")
     parser.add_argument("--data", type=Path, default=default_data("eval"),
                         help="eval reviews: eval.jsonl from make_data.py, or waimai_10k.csv (split as make_data.py "
                              "does); by default data/eval.jsonl, else $SHARED_DIR/data/waimai_10k.csv")

@@ -15,7 +15,7 @@ import predict
 import run_test
 from tuning.model.baichuan import BaichuanForCausalLM, load_model, load_tokenizer
 from tuning.runtime.errors import DataError
-from tuning.train import lora, run
+from tuning.train import merge_lora, run
 
 REVIEW = "送餐很快，饭菜还是热的"
 
@@ -99,8 +99,8 @@ def _entry_points(tiny_base, data_dir, folder, output):
         "train": lambda: run.main([*ONE_PROCESS_FLAGS, "--model_name_or_path", str(folder), "--train_data",
                                    str(data_dir / "train.jsonl"), "--eval_data", eval_data, "--output_dir",
                                    str(output / "run"), "--max_steps", "1", "--report_to", "none"]),
-        "lora_merge": lambda: lora.main(["--base_model", str(folder), "--adapter", str(adapter),
-                                         "--output_dir", str(output / "merged")]),
+        "lora_merge": lambda: merge_lora.main(["--base_model", str(folder), "--adapter", str(adapter),
+                                               "--output_dir", str(output / "merged")]),
     }
 
 

@@ -58,7 +58,7 @@ def test_a_model_that_cannot_be_loaded_is_one_line_before_listening(tuned_run, t
     weights.write_bytes(weights.read_bytes()[:1000])
     result = run_serve("--model", str(broken), "--port", "0")
     assert result.returncode == 2
-    assert error_line(result).startswith(f"error: {broken}: the model cannot be loaded (")
+    assert error_line(result).startswith(f"error: {weights}: damaged or truncated weight file (")
     assert serve.main(["--model", str(tmp_path / "missing")]) == 2
 
 

@@ -1,14 +1,18 @@
 """What a model folder holds: config.json and its weight files (single or sharded, safetensors or .bin), the tensors
 they declare and their size, read without loading the weights; and what a LoRA adapter folder holds."""
 
+import math
 import pickle
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import read_json
+
+if TYPE_CHECKING:  # torch loads only where tensors are read: the scripts' flags parse before it (run_layout)
+    import torch
 
 # transformers' from_pretrained takes the first of these that a folder holds (an index names its shards).
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -52,6 +56,8 @@ def missing_model_files(folder: str | Path) -> list[str]:
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Each tensor's name and shape in one weight file, from the safetensors header or the .bin file's pickle
     (`weights_only`, on the meta device), without reading the weights. A damaged file is a DataError naming it."""
+    import torch
+
     try:
         if path.suffix == ".safetensors":
             with safe_open(path, framework="pt") as handle:
@@ -76,7 +82,7 @@ def checkpoint_shapes(folder: str | Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def weights_bytes(folder: str | Path, dtype: torch.dtype) -> int:
+def weights_bytes(folder: str | Path, dtype: "torch.dtype") -> int:
     """How many bytes the folder's weights take in `dtype` (e.g. before choosing a precision that fits).
 
     Counted from the tensor shapes that the safetensors headers or the .bin pickles declare, so the stored dtype
@@ -86,9 +92,9 @@ def weights_bytes(folder: str | Path, dtype: torch.dtype) -> int:
     return size_in(checkpoint_shapes(folder), dtype)
 
 
-def size_in(shapes: dict[str, tuple[int, ...]], dtype: torch.dtype) -> int:
+def size_in(shapes: dict[str, tuple[int, ...]], dtype: "torch.dtype") -> int:
     """Bytes that tensors of these shapes take in `dtype`."""
-    return sum(torch.Size(shape).numel() for shape in shapes.values()) * dtype.itemsize
+    return sum(math.prod(shape) for shape in shapes.values()) * dtype.itemsize
 
 
 def missing_adapter_files(folder: str | Path) -> list[str]:

@@ -5,11 +5,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from tuning.data.prompt import PromptFormat
 from tuning.eval.predicting import Classifier
-from tuning.model.baichuan import check_model_dir
 from tuning.run_layout import MANIFEST_NAME, run_folder_of
 from tuning.runtime.devices import Device
 from tuning.runtime.errors import DataError
@@ -70,27 +68,15 @@ def base_model_of(model_dir: Path) -> Path:
     return base
 
 
-def load_classifier(model_dir: Path, device: Device, dtype: torch.dtype, batch_size: int) -> Classifier:
-    """predict.py's Classifier; weights that cannot be read are a DataError naming the folder."""
-    check_model_dir(model_dir)
-    try:
-        return Classifier.load(model_dir, device, dtype, batch_size)
-    except DataError:
-        raise
-    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
-        reason = str(error).splitlines()[-1] if str(error) else type(error).__name__
-        raise DataError(f"{model_dir}: the model cannot be loaded ({reason})") from None
-
-
 def load_models(
     model_dir: Path, base_dir: Path | None, device: Device, dtype: torch.dtype, batch_size: int
 ) -> ServedModels:
     """The tuned model and, when `base_dir` is given, the base model scored with the tuned model's prompt settings
     (template, label words, length limit), as run_test.py compares them."""
-    tuned = load_classifier(model_dir, device, dtype, batch_size)
+    tuned = Classifier.load(model_dir, device, dtype, batch_size)
     base = None
     if base_dir is not None:
-        base = load_classifier(base_dir, device, dtype, batch_size)
+        base = Classifier.load(base_dir, device, dtype, batch_size)
         prompt_format = tuned.prompt_format
         base = dataclasses.replace(
             base,
