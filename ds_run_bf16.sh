@@ -53,10 +53,8 @@ if [ ! -f "$TRAIN_DATA" ]; then
     echo "error: ${TRAIN_DATA}: file not found; make it with \`python make_data.py --download\`" >&2
     exit 2
 fi
-lora_suffix=""
-if [ "$LORA" = 1 ]; then lora_suffix="_lora"; fi
+CONFIG="${CONFIG:-$DEFAULT_CONFIG}"
 if [ "$DEMO" = 1 ]; then
-    : "${CONFIG:=configs/tiny_demo${lora_suffix}.yaml}"
     # The demo's settings were measured with 2 processes; its global batch stays 32 on any count. With a hostfile
     # its slots say how many processes each machine runs.
     if [ -z "${HOSTFILE:-}" ] && { [ "$DEVICE_KIND" = cpu ] || [ "$DEVICE_COUNT" -ge 2 ]; }; then
@@ -66,7 +64,6 @@ if [ "$DEMO" = 1 ]; then
     fi
     waimai_ensure_demo_base "$TRAIN_DATA"
 else
-    : "${CONFIG:=configs/baichuan2_7b${lora_suffix}.yaml}"
     if [ "$LORA" = 1 ] && [ -z "${HOSTFILE:-}" ]; then
         : "${NUM_DEVICES:=1}"  # LoRA trains the 7B on one card; NUM_DEVICES=N DS_CONFIG=ds_config_bf16.json: ZeRO-2
     fi

@@ -36,8 +36,9 @@ def machine(tmp_path):
     _write_script(bin_dir / "deepspeed", f'printf "%s\\n" "$@" >"{record}/deepspeed.args"\n' + lines +
                   f'if [ -n "${{DS_ENV_FILE:-}}" ]; then cp "$DS_ENV_FILE" "{record}/deepspeed_env"; fi\n')
     # the probe prints FAKE_DEVICE ("<kind> <count> <backend> <bf16>") and records how it was started; other calls
-    # (the launcher's free-port query) go to the real interpreter
-    probe = _write_script(tmp_path / "probe-python", f'if [ "$1" != -m ]; then exec "{sys.executable}" "$@"; fi\n'
+    # (the launcher's free-port query, the run defaults) go to the real interpreter
+    probe = _write_script(tmp_path / "probe-python", f'if [ "$*" != "-m tuning.runtime.devices" ]; then '
+                                                     f'exec "{sys.executable}" "$@"; fi\n'
                                                      f'echo "$* AUTOLOAD=${{TORCH_DEVICE_BACKEND_AUTOLOAD-}}" '
                                                      f'>>"{record}/probe"\necho "$FAKE_DEVICE"\n')
     (tmp_path / "train.jsonl").write_text('{"review": "好吃", "label": "积极"}\n', encoding="utf-8")

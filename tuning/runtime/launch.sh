@@ -16,12 +16,11 @@
 #   waimai_reject_recipe_variables SCRIPT
 #                            a one-line error when an environment variable that used to override the recipe (LR,
 #                            EPOCHS, ...) is set, naming the flags to pass after SCRIPT instead
-#   waimai_select_model      exports BASE_MODEL, TRAIN_OUTPUT_DIR, DEMO (0|1) and LORA (0|1): MODEL (default
-#                            models/Baichuan2-7B-Base) and OUTPUT_DIR (default output/baichuan2-7b-waimai), or,
-#                            when the default MODEL folder does not exist (or DEMO=1), the tiny demo:
-#                            DEMO_BASE_MODEL (default output/demo/tiny-base) and DEMO_OUTPUT_DIR (default
-#                            output/demo/tiny-tuned); an explicit MODEL that does not exist is an error. With
-#                            USE_LORA=true (LORA=1) the default output folders end in -lora
+#   waimai_select_model      exports BASE_MODEL, TRAIN_OUTPUT_DIR, DEMO (0|1), LORA (0|1) and DEFAULT_CONFIG: MODEL
+#                            and OUTPUT_DIR, or, when the default MODEL folder does not exist (or DEMO=1), the tiny
+#                            demo: DEMO_BASE_MODEL and DEMO_OUTPUT_DIR; each unset one defaults to what the recipe
+#                            DEFAULT_CONFIG names (tuning/run_layout.py: the 7B's or the demo's recipe, their LoRA
+#                            versions with USE_LORA=true); an explicit MODEL that does not exist is an error
 #   waimai_ensure_demo_base TRAIN_JSONL
 #                            in the demo, builds the tiny base model from TRAIN_JSONL unless it exists; with
 #                            NODE_RANK set only node 0 builds it and the other machines wait for it
@@ -203,24 +202,34 @@ waimai_use_lora() {
     export LORA
 }
 
+# DEFAULT_CONFIG, DEFAULT_BASE_MODEL and DEFAULT_OUTPUT_DIR: the recipe the launchers run and the base model and output
+# folder it names, as tuning/run_layout.py reads them from configs/*.yaml (the 7B run, or with --demo the CPU demo;
+# USE_LORA=true: the LoRA recipes).
+waimai_run_defaults() {
+    local defaults
+    defaults="$("${PYTHON:-python}" -m tuning.run_layout "$@")" || return 2
+    read -r DEFAULT_CONFIG DEFAULT_BASE_MODEL DEFAULT_OUTPUT_DIR <<<"$defaults"
+}
+
 waimai_select_model() {
-    local model="${MODEL:-models/Baichuan2-7B-Base}" suffix=""
+    waimai_use_lora || return
+    waimai_run_defaults || return
+    local model="${MODEL:-$DEFAULT_BASE_MODEL}"
     if [ -n "${MODEL:-}" ] && [ "${DEMO:-0}" != 1 ] && [ ! -d "$model" ]; then
         echo "error: MODEL=${model}: no such model folder (unset MODEL to run the tiny demo)" >&2
         return 2
     fi
-    waimai_use_lora || return
-    if [ "$LORA" = 1 ]; then suffix="-lora"; fi  # a LoRA run never continues or overwrites a full one
     if [ "${DEMO:-0}" != 1 ] && [ -d "$model" ]; then
         DEMO=0
         BASE_MODEL="$model"
-        TRAIN_OUTPUT_DIR="${OUTPUT_DIR:-output/baichuan2-7b-waimai${suffix}}"
+        TRAIN_OUTPUT_DIR="${OUTPUT_DIR:-$DEFAULT_OUTPUT_DIR}"
     else
         local reason="No Baichuan2 model at MODEL=${model}"
         if [ "${DEMO:-0}" = 1 ]; then reason="DEMO=1"; fi
+        waimai_run_defaults --demo || return
         DEMO=1
-        BASE_MODEL="${DEMO_BASE_MODEL:-output/demo/tiny-base}"
-        TRAIN_OUTPUT_DIR="${DEMO_OUTPUT_DIR:-output/demo/tiny-tuned${suffix}}"
+        BASE_MODEL="${DEMO_BASE_MODEL:-$DEFAULT_BASE_MODEL}"
+        TRAIN_OUTPUT_DIR="${DEMO_OUTPUT_DIR:-$DEFAULT_OUTPUT_DIR}"
         cat <<EOF
 ======================================================================
  ${reason}: running the tiny demo instead.
@@ -230,7 +239,7 @@ waimai_select_model() {
 ======================================================================
 EOF
     fi
-    export BASE_MODEL TRAIN_OUTPUT_DIR DEMO
+    export BASE_MODEL TRAIN_OUTPUT_DIR DEMO DEFAULT_CONFIG
 }
 
 waimai_ensure_demo_base() {
