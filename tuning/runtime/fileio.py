@@ -67,6 +67,20 @@ def staging_folder(beside: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_output_folder(folder: str | Path, flag: str, names: tuple[str, ...] = ()) -> None:
+    """Before any work: `folder` (or its nearest existing parent) is a writable folder, and none of the files
+    `names` to be written there is a folder; else a DataError naming the flag."""
+    folder = Path(folder)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise DataError(f"{flag} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {folder}: {existing} is not writable")
+    for name in names:
+        if (folder / name).is_dir():
+            raise DataError(f"{flag} {folder}: {folder / name} is a folder, where the file {name} goes")
+
+
 def move_files(source: str | Path, target: str | Path, last: str) -> None:
     """Rename every file of `source` into `target`, the one named `last` after all the others, so that a reader who
     waits for `last` finds the rest complete."""
