@@ -295,3 +295,17 @@ def test_malformed_data_from_the_command_line(tiny_base, data_dir, tmp_path, rep
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert errors == [f"error: {bad}:2: not valid JSON (Expecting ':' delimiter)"]
     assert "Traceback" not in result.stderr
+
+
+def test_a_resume_at_the_last_step_reports_no_speed(tiny_base, data_dir, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    flags = _flags(tiny_base, data_dir, output_dir, "--eval_data", "", "--max_train_samples", "8",
+                   "--model_max_length", "64", "--per_device_train_batch_size", "4", "--save_strategy", "epoch")
+    assert main(flags) == 0
+    assert json.loads((output_dir / SUMMARY_NAME).read_text(encoding="utf-8"))["samples_per_second"] > 0
+    (output_dir / SUMMARY_NAME).unlink()  # as if killed after the last checkpoint: the resume trains no step
+    assert main(flags) == 0
+    summary = json.loads((output_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
+    assert summary["global_step"] == 2 and summary["samples_per_second"] is None
+    assert summary["tokens_per_second"] is None
+    assert "no step trained in this launch" in capsys.readouterr().out

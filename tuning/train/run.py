@@ -232,6 +232,7 @@ def run_summary(
     real_tokens, all_tokens = trainer.token_totals()
     peak_device = peak_memory_bytes(device)
     runtime = train_metrics["train_runtime"]
+    measured = all_tokens > 0 and runtime > 0  # a launch resumed at the last step trains nothing: no speed
     trainable, total = parameter_counts(trainer.model)
     return {
         "model": model,
@@ -253,8 +254,8 @@ def run_summary(
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "train_runtime_s": runtime,  # includes the evaluations and saves made during training
-        "samples_per_second": train_metrics["train_samples_per_second"],
-        "tokens_per_second": real_tokens / runtime if runtime > 0 else None,  # non-padding tokens
+        "samples_per_second": train_metrics["train_samples_per_second"] if measured else None,
+        "tokens_per_second": real_tokens / runtime if measured else None,  # non-padding tokens
         "padding_share": 1 - real_tokens / all_tokens if all_tokens else None,
         "peak_device_memory_bytes": None if peak_device is None else max_over_processes(peak_device, args.device),
         "peak_host_memory_bytes": max_over_processes(peak_host_memory_bytes(), args.device),
@@ -308,10 +309,10 @@ def train(recipe: Recipe, started: float) -> int:
         write_json(output_dir / SUMMARY_NAME, summary)
         plot_curves(trainer.state.log_history, output_dir / CURVES_NAME)
         write_model_card(output_dir)
-        accuracy = summary["eval_accuracy"]
+        accuracy, speed = summary["eval_accuracy"], summary["samples_per_second"]
         print(
             f"done: {summary['global_step']} steps in {summary['wall_time_s']:.0f} s, "
-            f"{summary['samples_per_second']:.1f} samples/s"
+            + (f"{speed:.1f} samples/s" if speed is not None else "no step trained in this launch")
             + (f", eval accuracy {accuracy:.4f}" if accuracy is not None else "")
             + f"; {'merged model, adapter/' if recipe.lora.use_lora else 'model'} and {SUMMARY_NAME} in {output_dir}",
             flush=True,
