@@ -27,6 +27,7 @@ from tuning.run_layout import (
     SUMMARY_NAME,
     latest_complete_checkpoint,
     missing_deepspeed_files,
+    write_checksums,
 )
 from tuning.runtime.devices import detect_device
 from tuning.runtime.errors import DataError
@@ -164,7 +165,8 @@ def _checkpoint(folder: Path, deepspeed_states=True, finished=True) -> Path:
         (folder / "global_step1" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x")
         (folder / "latest").write_text("global_step1", encoding="utf-8")
     if finished:
-        (folder / "trainer_state.json").write_text("{}", encoding="utf-8")
+        (folder / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
+        write_checksums(folder)
     return folder
 
 
@@ -186,7 +188,7 @@ def test_resume_takes_the_latest_complete_checkpoint_and_deletes_nothing(tmp_pat
     assert resolve_resume("auto", tmp_path) == str(tmp_path / "checkpoint-10")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
     assert resolve_resume("auto", tmp_path / "fresh") is None
-    with pytest.raises(DataError, match="not a complete checkpoint folder"):
+    with pytest.raises(DataError, match="checkpoint-20: not a checkpoint to resume from: no trainer_state.json"):
         resolve_resume(str(tmp_path / "checkpoint-20"), tmp_path)
 
 

@@ -13,7 +13,7 @@ def _model_folder(path, with_state=True):
     (path / "config.json").write_text("{}", encoding="utf-8")
     (path / "model.safetensors").write_bytes(b"x")
     if with_state:
-        (path / "trainer_state.json").write_text("{}", encoding="utf-8")
+        (path / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
     return path
 
 

@@ -6,11 +6,14 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
 
 from tuning.runtime.errors import DataError
+
+HASH_THREADS = 8
 
 
 def _default_file_mode() -> int:
@@ -82,10 +85,11 @@ def check_output_folder(folder: str | Path, flag: str, names: tuple[str, ...] = 
 
 
 def move_files(source: str | Path, target: str | Path, last: str) -> None:
-    """Rename every file of `source` into `target`, the one named `last` after all the others, so that a reader who
-    waits for `last` finds the rest complete."""
+    """Rename every file of `source` into `target`, the one named `last` after all the others and `target`'s own
+    `last` removed first, so that a reader who waits for `last` finds the rest complete and of one save."""
     source, target = Path(source), Path(target)
     target.mkdir(parents=True, exist_ok=True)
+    (target / last).unlink(missing_ok=True)
     for path in sorted(source.iterdir(), key=lambda path: path.name == last):
         os.replace(path, target / path.name)
 
@@ -144,6 +148,22 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def files_under(folder: str | Path, exclude: str = "") -> list[str]:
+    """Every file below `folder` as a path relative to it ('/'-separated, sorted), the one named `exclude` aside."""
+    folder = Path(folder)
+    names = (path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    return sorted(name for name in names if name != exclude)
+
+
+def sha256_of_files(folder: str | Path, exclude: str = "") -> dict[str, str]:
+    """The SHA-256 of every file below `folder` (files_under), hashed on parallel threads (hashlib releases the
+    GIL), so that a checkpoint's many shards take about as long as its largest."""
+    folder = Path(folder)
+    names = files_under(folder, exclude)
+    with ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(names) or 1)) as pool:
+        return dict(zip(names, pool.map(lambda name: sha256_of(folder / name), names)))
 
 
 def read_jsonl(

@@ -1,6 +1,7 @@
 """train.py's work: read the recipe, check the inputs, set up the device, train (resuming when possible), save."""
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tuning.model.baichuan import (
     load_model,
     load_tokenizer,
 )
-from tuning.run_layout import CONFIG_NAME, CURVES_NAME, MANIFEST_NAME, SUMMARY_NAME
+from tuning.run_layout import CONFIG_NAME, CURVES_NAME, FINAL_STAGING, MANIFEST_NAME, SUMMARY_NAME
 from tuning.runtime.devices import (
     Device,
     compute_dtype,
@@ -44,7 +45,7 @@ from tuning.runtime.distributed import (
     world_size,
 )
 from tuning.runtime.errors import DataError, report_errors
-from tuning.runtime.fileio import sha256_of, write_json
+from tuning.runtime.fileio import move_files, sha256_of, write_json
 from tuning.train.curves import plot_curves
 from tuning.train.flags import DataArguments, LoraArguments
 from tuning.train.lora import add_lora, parameter_counts, save_adapter, save_merged_model
@@ -203,6 +204,22 @@ def build_trainer(
     return trainer, train_split, eval_split
 
 
+def save_final_model(trainer: WaimaiTrainer, output_dir: Path) -> None:
+    """The final model in output_dir, complete or absent (collective: ZeRO-3 gathers it).
+
+    The Trainer writes it to FINAL_STAGING inside output_dir; the first process then renames each file into
+    output_dir, config.json last and the old one removed first, so that a folder with config.json holds one save's
+    complete model (tuned_model_in takes the latest checkpoint otherwise).
+    """
+    staging = output_dir / FINAL_STAGING  # the same path on every process; only the first writes there
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted save
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        move_files(staging, output_dir, last="config.json")
+        staging.rmdir()
+
+
 def resolved_config(recipe: Recipe, args: TrainingArguments, device: Device) -> dict:
     """Every setting's final value, as the run used it (run_config.json)."""
     return {
@@ -296,7 +313,7 @@ def train(recipe: Recipe, started: float) -> int:
     if recipe.lora.use_lora:
         adapter_dir = save_adapter(trainer, output_dir)
     else:
-        trainer.save_model(args.output_dir)
+        save_final_model(trainer, output_dir)
     trainer.save_state()
 
     summary = run_summary(trainer, result.metrics, identity["model"], device, recipe, train_split, eval_split, resume)

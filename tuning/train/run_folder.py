@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuning.run_layout import MANIFEST_NAME, SUMMARY_NAME, is_complete_checkpoint, latest_complete_checkpoint
-from tuning.runtime.distributed import broadcast_from_main, gather_from_all, global_rank, is_main_process
+from tuning.run_layout import MANIFEST_NAME, SUMMARY_NAME, checkpoint_problem, checksum_problem, numbered_checkpoints
+from tuning.runtime.distributed import broadcast_from_main, gather_from_all, global_rank, is_main_process, note
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import read_json
 
@@ -116,13 +116,25 @@ def plan_resume(output_dir: Path, identity: dict, resume_flag: str | None, shape
     return ResumePlan(checkpoint)
 
 
+def resume_problem(checkpoint: Path) -> str | None:
+    """Why training must not continue from `checkpoint`: an incomplete save, or files that are not those its save
+    recorded (resuming unpickles DeepSpeed's and the Trainer's states, so only files this code wrote are loaded)."""
+    return checkpoint_problem(checkpoint) or checksum_problem(checkpoint)
+
+
 def resolve_resume(value: str | None, output_dir: Path) -> str | None:
-    """`auto`: the latest complete checkpoint in output_dir, if any; otherwise a folder that must be complete."""
+    """`auto`: the latest checkpoint in output_dir that is complete and matches its record, if any, each newer one
+    skipped with a note naming it; otherwise a folder that must be such a checkpoint."""
     if value in (None, "", "auto"):
-        latest = latest_complete_checkpoint(output_dir)
-        return str(latest) if latest else None
-    if not is_complete_checkpoint(Path(value)):
-        raise DataError(f"--resume_from_checkpoint {value}: not a complete checkpoint folder")
+        for checkpoint in numbered_checkpoints(output_dir):
+            problem = resume_problem(checkpoint)
+            if problem is None:
+                return str(checkpoint)
+            note(f"{checkpoint} skipped: {problem}")
+        return None
+    problem = resume_problem(Path(value))
+    if problem:
+        raise DataError(f"--resume_from_checkpoint {value}: not a checkpoint to resume from: {problem}")
     return value
 
 
