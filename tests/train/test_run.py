@@ -4,6 +4,7 @@ The DeepSpeed launcher runs (2 processes, ZeRO-2/ZeRO-3, bf16, interrupt and res
 """
 
 import json
+import pickle
 import shutil
 import subprocess
 import sys
@@ -23,8 +24,10 @@ from tuning.eval.scoring import label_log_probs
 from tuning.model.baichuan import load_model, load_tokenizer
 from tuning.run_layout import (
     CONFIG_NAME,
+    FINAL_STAGING,
     MANIFEST_NAME,
     SUMMARY_NAME,
+    checksum_problem,
     latest_complete_checkpoint,
     missing_deepspeed_files,
     write_checksums,
@@ -311,3 +314,52 @@ def test_a_resume_at_the_last_step_reports_no_speed(tiny_base, data_dir, tmp_pat
     assert summary["global_step"] == 2 and summary["samples_per_second"] is None
     assert summary["tokens_per_second"] is None
     assert "no step trained in this launch" in capsys.readouterr().out
+
+
+class _Planted:
+    """A pickle that creates `marker` when it is loaded (as a pickle planted in a checkpoint could run anything)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_resume_trusts_only_checkpoints_whose_files_match_their_record(tiny_base, data_dir, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    flags = _flags(tiny_base, data_dir, output_dir, "--eval_data", "", "--model_max_length", "64", "--max_steps", "4",
+                   "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2")
+    assert main(flags) == 0
+    assert not (output_dir / FINAL_STAGING).exists() and (output_dir / "tokenizer.model").is_file()
+    newest, previous = output_dir / "checkpoint-4", output_dir / "checkpoint-2"
+    assert checksum_problem(newest) is None and checksum_problem(previous) is None
+
+    weights = bytearray((newest / "model.safetensors").read_bytes())
+    weights[-1] ^= 1  # one byte of the newest checkpoint tampered with
+    (newest / "model.safetensors").write_bytes(weights)
+    capsys.readouterr()
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {newest} skipped: model.safetensors differs from the SHA-256 recorded at the save" in err
+            and f"resuming from {previous}" in err), err
+    assert checksum_problem(newest) is None  # saved again, with a new record
+
+    marker = tmp_path / "unpickled"
+    (newest / "optimizer.pt").write_bytes(pickle.dumps(_Planted(marker)))
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert f"{newest} skipped: optimizer.pt differs" in err and f"resuming from {previous}" in err
+    assert not marker.exists()
+
+    (newest / "optimizer.pt").write_bytes(pickle.dumps(_Planted(marker)))
+    assert main([*flags, "--resume_from_checkpoint", str(newest)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: --resume_from_checkpoint {newest}: not a checkpoint to resume from: optimizer.pt "
+                      "differs from the SHA-256 recorded at the save"]
+    assert not marker.exists()
+
+    (newest / "trainer_state.json").write_bytes(b"")  # a 0-byte state: an incomplete checkpoint
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert f"{newest} skipped: trainer_state.json is damaged" in err and f"resuming from {previous}" in err
