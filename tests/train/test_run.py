@@ -4,8 +4,10 @@ The DeepSpeed launcher runs (2 processes, ZeRO-2/ZeRO-3, bf16, interrupt and res
 """
 
 import json
+import os
 import pickle
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +27,7 @@ from tuning.model.baichuan import load_model, load_tokenizer
 from tuning.run_layout import (
     CONFIG_NAME,
     FINAL_STAGING,
+    LOCK_NAME,
     MANIFEST_NAME,
     SUMMARY_NAME,
     checksum_problem,
@@ -332,6 +335,7 @@ def test_resume_trusts_only_checkpoints_whose_files_match_their_record(tiny_base
                    "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2")
     assert main(flags) == 0
     assert not (output_dir / FINAL_STAGING).exists() and (output_dir / "tokenizer.model").is_file()
+    assert not (output_dir / LOCK_NAME).exists()  # released at the end
     newest, previous = output_dir / "checkpoint-4", output_dir / "checkpoint-2"
     assert checksum_problem(newest) is None and checksum_problem(previous) is None
 
@@ -357,9 +361,28 @@ def test_resume_trusts_only_checkpoints_whose_files_match_their_record(tiny_base
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert errors == [f"error: --resume_from_checkpoint {newest}: not a checkpoint to resume from: optimizer.pt "
                       "differs from the SHA-256 recorded at the save"]
-    assert not marker.exists()
+    assert not marker.exists() and not (output_dir / LOCK_NAME).exists()  # released on an error too
 
     (newest / "trainer_state.json").write_bytes(b"")  # a 0-byte state: an incomplete checkpoint
     assert main(flags) == 0
     err = capsys.readouterr().err
     assert f"{newest} skipped: trainer_state.json is damaged" in err and f"resuming from {previous}" in err
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_before_the_model_loads(tiny_base, data_dir, tmp_path, capsys,
+                                                                             repo_root):
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tuning.runtime.lock import FolderLock; "
+                               "FolderLock.take(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
+                               str(output_dir / LOCK_NAME)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(_flags(tiny_base, data_dir, output_dir)) == 2
+    finally:
+        holder.communicate("done\n", timeout=60)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {output_dir} is in use by another training run (host {socket.gethostname()}, PID "
+                      f"{holder.pid}, lock file {LOCK_NAME}); wait for it to finish or choose another output folder"]
+    assert sorted(path.name for path in output_dir.iterdir()) == [LOCK_NAME]  # the holder's; nothing written

@@ -57,7 +57,7 @@ from tuning.train.recipe import (
     parse_recipe,
     training_argument_values,
 )
-from tuning.train.run_folder import check_shared_output_dir, plan_resume, run_shape
+from tuning.train.run_folder import check_shared_output_dir, output_dir_lock, plan_resume, run_shape
 from tuning.train.trainer import LabelAccuracy, WaimaiTrainer
 
 EVAL_KEYS = ("eval_loss", "eval_accuracy", "eval_macro_f1")  # reported in train_summary.json
@@ -280,15 +280,25 @@ def run_summary(
 
 
 def train(recipe: Recipe, started: float) -> int:
-    flags = recipe.training
-    output_dir = Path(flags.output_dir)
+    """Every input checked, the device set up and the data encoded, then training in the output folder, locked for
+    this launch before the model loads."""
+    output_dir = Path(recipe.training.output_dir)
     model_dir = check_model_dir(recipe.model.model_name_or_path)
     identity = run_identity(model_dir, recipe.data, recipe.lora)
     device = detect_device(local_rank())  # binds this rank's card before anything queries one
     prepare_device(device, local_rank())
     inputs = prepare_inputs(recipe, model_dir, device)
-    shape = shape_of(inputs.args)
     check_shared_output_dir(output_dir)
+    with output_dir_lock(output_dir):
+        return train_in_folder(recipe, started, model_dir, identity, device, inputs)
+
+
+def train_in_folder(recipe: Recipe, started: float, model_dir: Path, identity: dict, device: Device,
+                    inputs: RunInputs) -> int:
+    """The resume decision, the Trainer, training, and the final model and reports in the (locked) output folder."""
+    flags = recipe.training
+    output_dir = Path(flags.output_dir)
+    shape = shape_of(inputs.args)
     plan = decided_by_main(
         lambda: plan_resume(output_dir, identity, flags.resume_from_checkpoint, shape, flags.max_steps,
                             flags.num_train_epochs)
