@@ -1,3 +1,4 @@
+import errno
 import hashlib
 import json
 import os
@@ -8,6 +9,7 @@ from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import (
     atomic_writer,
     atomic_writers,
+    is_disk_full,
     move_files,
     read_json,
     read_jsonl,
@@ -124,3 +126,17 @@ def test_sha256_of_files_covers_every_file_below_a_folder(tmp_path):
     (tmp_path / "sub" / "a.pt").write_bytes(b"a")
     (tmp_path / "record.json").write_bytes(b"{}")
     assert sha256_of_files(tmp_path, exclude="record.json") == {"sub/a.pt": hashlib.sha256(b"a").hexdigest()}
+
+
+def test_a_full_disk_is_recognised_in_every_form_a_writer_reports_it():
+    safetensors_error = Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as error:
+            raise RuntimeError("saving failed") from error
+    except RuntimeError as chained:
+        assert is_disk_full(chained)
+    assert is_disk_full(safetensors_error) and is_disk_full(RuntimeError("basic_ios::clear: iostream error"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied")) and not is_disk_full(ValueError("x"))

@@ -3,9 +3,11 @@
 The DeepSpeed launcher runs (2 processes, ZeRO-2/ZeRO-3, bf16, interrupt and resume) are in tests/scripts/test_ds_run.py.
 """
 
+import errno
 import json
 import os
 import pickle
+import re
 import shutil
 import socket
 import subprocess
@@ -386,3 +388,29 @@ def test_a_second_run_into_a_folder_in_use_is_refused_before_the_model_loads(tin
     assert errors == [f"error: {output_dir} is in use by another training run (host {socket.gethostname()}, PID "
                       f"{holder.pid}, lock file {LOCK_NAME}); wait for it to finish or choose another output folder"]
     assert sorted(path.name for path in output_dir.iterdir()) == [LOCK_NAME]  # the holder's; nothing written
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("basic_ios::clear: iostream error")], ids=["ENOSPC", "torch"])
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tiny_base, data_dir, tmp_path, capsys,
+                                                                            monkeypatch, failure):
+    output_dir = tmp_path / "run"
+    real_save = Trainer._save
+
+    def save(self, output_dir=None, state_dict=None):  # the disk fills up at the second checkpoint
+        if str(output_dir).endswith("checkpoint-4"):
+            raise failure
+        real_save(self, output_dir, state_dict)
+
+    monkeypatch.setattr(Trainer, "_save", save)
+    flags = _flags(tiny_base, data_dir, output_dir, "--eval_data", "", "--model_max_length", "64", "--max_steps", "6",
+                   "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2")
+    assert main(flags) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: no space left on OUTPUT_DIR {re.escape(str(output_dir))} \(\d+ MB free\); kept "
+        rf"{re.escape(str(output_dir / 'checkpoint-2'))} \(the same command continues from there once there is "
+        r"space\)", errors[0]), err
+    assert "Traceback" not in err and checksum_problem(output_dir / "checkpoint-2") is None
+    assert not (output_dir / LOCK_NAME).exists()

@@ -1,5 +1,6 @@
 """Atomic file and folder writes, and validated JSON / JSONL reading."""
 
+import errno
 import hashlib
 import json
 import os
@@ -14,6 +15,8 @@ from typing import IO
 from tuning.runtime.errors import DataError
 
 HASH_THREADS = 8
+# what torch and safetensors say when a write finds the disk full
+NO_SPACE_MESSAGES = ("No space left on device", "os error 28", "iostream error", "file write failed")
 
 
 def _default_file_mode() -> int:
@@ -103,6 +106,24 @@ def replace_folder(source: str | Path, target: str | Path) -> None:
     with staging_folder(target) as old:
         os.replace(target, old / target.name)
         os.replace(source, target)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An error (or one it was raised from) of a write that failed for want of space: ENOSPC or a full quota, or
+    the message torch's or safetensors' writers give for it (torch's C++ writer gives no reason)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(message in str(error) for message in NO_SPACE_MESSAGES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_megabytes(path: str | Path) -> int:
+    """Free space on the file system of `path` (or of its nearest existing parent)."""
+    existing = next(folder for folder in (Path(path), *Path(path).parents) if folder.exists())
+    return shutil.disk_usage(existing).free // 2**20
 
 
 def dump_json(payload: object, handle: IO) -> None:

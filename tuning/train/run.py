@@ -25,7 +25,16 @@ from tuning.model.baichuan import (
     load_model,
     load_tokenizer,
 )
-from tuning.run_layout import CONFIG_NAME, CURVES_NAME, FINAL_STAGING, MANIFEST_NAME, SUMMARY_NAME
+from tuning.run_layout import (
+    CHECKSUMS_NAME,
+    CONFIG_NAME,
+    CURVES_NAME,
+    FINAL_STAGING,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    is_complete_checkpoint,
+    numbered_checkpoints,
+)
 from tuning.runtime.devices import (
     Device,
     compute_dtype,
@@ -45,7 +54,7 @@ from tuning.runtime.distributed import (
     world_size,
 )
 from tuning.runtime.errors import DataError, report_errors
-from tuning.runtime.fileio import move_files, sha256_of, write_json
+from tuning.runtime.fileio import free_megabytes, is_disk_full, move_files, sha256_of, write_json
 from tuning.train.curves import plot_curves
 from tuning.train.flags import DataArguments, LoraArguments
 from tuning.train.lora import add_lora, parameter_counts, save_adapter, save_merged_model
@@ -290,7 +299,21 @@ def train(recipe: Recipe, started: float) -> int:
     inputs = prepare_inputs(recipe, model_dir, device)
     check_shared_output_dir(output_dir)
     with output_dir_lock(output_dir):
-        return train_in_folder(recipe, started, model_dir, identity, device, inputs)
+        try:
+            return train_in_folder(recipe, started, model_dir, identity, device, inputs)
+        except Exception as error:
+            if is_disk_full(error):
+                raise disk_full(output_dir) from None
+            raise
+
+
+def disk_full(output_dir: Path) -> OSError:
+    """The one-line error of a save that found the disk full: the space left and what the folder kept."""
+    kept = next((checkpoint for checkpoint in numbered_checkpoints(output_dir)
+                 if is_complete_checkpoint(checkpoint) and (checkpoint / CHECKSUMS_NAME).is_file()), None)
+    then = (f"kept {kept} (the same command continues from there once there is space)" if kept
+            else "no complete checkpoint was kept")
+    return OSError(f"no space left on OUTPUT_DIR {output_dir} ({free_megabytes(output_dir)} MB free); {then}")
 
 
 def train_in_folder(recipe: Recipe, started: float, model_dir: Path, identity: dict, device: Device,
