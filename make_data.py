@@ -7,6 +7,7 @@ from pathlib import Path
 from tuning.data import waimai_csv
 from tuning.runtime.cli import HelpFormatter, open_fraction, whole_number
 from tuning.runtime.errors import report_errors
+from tuning.runtime.fileio import check_output_folder
 from tuning.runtime.paths import REPO_ROOT
 
 DROP_REASONS = {
@@ -65,6 +66,7 @@ def print_summary(stats: dict, paths: list[Path]) -> None:
 
 
 def prepare(args: argparse.Namespace) -> int:
+    check_output_folder(args.output_dir, "--output_dir", waimai_csv.OUTPUT_FILES)
     if args.download:
         fetched = waimai_csv.fetch_csv(args.csv, args.url)
         print(f"downloaded {args.url} -> {args.csv} (sha256 verified)" if fetched

@@ -1,6 +1,7 @@
 """The run folder's layout: the recipes name the folders, checkpoints and the tuned model are found in them, and
 `python -m tuning.run_layout` gives the launchers the same names."""
 
+import json
 import os
 import subprocess
 import sys
@@ -8,12 +9,16 @@ import sys
 import pytest
 
 from tuning.run_layout import (
+    CHECKSUMS_NAME,
+    checkpoint_problem,
+    checksum_problem,
     default_run_dirs,
     latest_complete_checkpoint,
     read_recipe_file,
     recorded_run_config,
     run_defaults,
     tuned_model_in,
+    write_checksums,
 )
 from tuning.runtime.errors import DataError
 from tuning.runtime.paths import REPO_ROOT
@@ -24,7 +29,7 @@ def _model_folder(path, with_state=True):
     (path / "config.json").write_text("{}", encoding="utf-8")
     (path / "model.safetensors").write_bytes(b"x")
     if with_state:
-        (path / "trainer_state.json").write_text("{}", encoding="utf-8")
+        (path / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
     return path
 
 
@@ -78,13 +83,55 @@ def test_no_checkpoint(tmp_path):
 
 def test_tuned_model_prefers_final_model_over_checkpoints(tmp_path):
     _model_folder(tmp_path / "checkpoint-5")
-    for name in ("config.json", "model.safetensors"):
+    for name in ("config.json", "model.safetensors", "tokenizer.model"):
         (tmp_path / name).write_bytes(b"{}")
     assert tuned_model_in(tmp_path) == tmp_path
     (tmp_path / "model.safetensors").unlink()
     assert tuned_model_in(tmp_path) == tmp_path / "checkpoint-5"
     with pytest.raises(DataError, match="no final model"):
         tuned_model_in(tmp_path / "checkpoint-5" / "missing")
+
+
+def test_an_interrupted_final_save_falls_back_to_the_latest_checkpoint_with_a_note(tmp_path, capsys):
+    _model_folder(tmp_path / "checkpoint-5")
+    for name in ("config.json", "model.safetensors"):  # killed before tokenizer.model was written
+        (tmp_path / name).write_bytes(b"{}")
+    assert tuned_model_in(tmp_path) == tmp_path / "checkpoint-5"
+    assert capsys.readouterr().err == (f"note: {tmp_path}: the final model is incomplete (no tokenizer.model: an "
+                                       "interrupted save?); using checkpoint-5\n")
+    assert tuned_model_in(tmp_path / "checkpoint-5") == tmp_path / "checkpoint-5"  # a model without tokenizer.model:
+    # with no checkpoint to fall back to, loading it names what it lacks
+
+
+@pytest.mark.parametrize("state", [b"", b"{", b"[]"])
+def test_a_damaged_trainer_state_makes_the_checkpoint_incomplete(tmp_path, state):
+    _model_folder(tmp_path / "checkpoint-5")
+    (_model_folder(tmp_path / "checkpoint-9") / "trainer_state.json").write_bytes(state)
+    assert latest_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-5"
+    assert checkpoint_problem(tmp_path / "checkpoint-9") == (
+        "trainer_state.json is damaged (not a JSON object)")
+    assert checkpoint_problem(tmp_path / "checkpoint-5") is None
+
+
+def test_the_checksum_record_names_a_changed_added_or_missing_file(tmp_path):
+    checkpoint = _model_folder(tmp_path / "checkpoint-5")
+    (checkpoint / "global_step5").mkdir()
+    (checkpoint / "global_step5" / "optim_states.pt").write_bytes(b"states")
+    assert checksum_problem(checkpoint).startswith(f"no {CHECKSUMS_NAME}")
+    write_checksums(checkpoint)
+    assert set(json.loads((checkpoint / CHECKSUMS_NAME).read_text(encoding="utf-8"))["files"]) == {
+        "config.json", "model.safetensors", "trainer_state.json", "global_step5/optim_states.pt"}
+    assert checksum_problem(checkpoint) is None
+    (checkpoint / "global_step5" / "optim_states.pt").write_bytes(b"stateS")
+    assert checksum_problem(checkpoint) == "global_step5/optim_states.pt differs from the SHA-256 recorded at the save"
+    (checkpoint / "global_step5" / "optim_states.pt").write_bytes(b"states")
+    (checkpoint / "extra.pt").write_bytes(b"planted")
+    assert checksum_problem(checkpoint) == "extra.pt was not written by the save"
+    (checkpoint / "extra.pt").unlink()
+    (checkpoint / "config.json").unlink()
+    assert checksum_problem(checkpoint) == "config.json is missing"
+    (checkpoint / CHECKSUMS_NAME).write_text("[]", encoding="utf-8")
+    assert checksum_problem(checkpoint) == f"{CHECKSUMS_NAME} is damaged"
 
 
 def test_run_config_is_beside_the_model_or_its_checkpoint_folder(tmp_path):

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
-from tuning.model.files import missing_adapter_files, missing_model_files
+from tuning.model.files import WEIGHT_FILES, missing_adapter_files, missing_model_files
 from tuning.runtime.errors import DataError, report_errors
-from tuning.runtime.fileio import read_json
+from tuning.runtime.fileio import files_under, read_json, sha256_of_files, write_json
 from tuning.runtime.paths import REPO_ROOT
 
 RECIPES_DIR = REPO_ROOT / "configs"
@@ -41,6 +41,10 @@ SUMMARY_NAME = "train_summary.json"
 CURVES_NAME = "training_curves.png"
 EVAL_DIR = "eval"  # run_test.py's results
 ADAPTER_DIR = "adapter"  # a LoRA run's adapter alone, beside the merged model
+CHECKSUMS_NAME = "checkpoint_sha256.json"  # in each checkpoint-N: the SHA-256 of its files, written after the save
+FINAL_STAGING = ".final-staging"  # the final model is written here, then moved into the run folder
+TOKENIZER_FILE = "tokenizer.model"
+LOCK_NAME = ".run.lock"  # held by the launch training in the folder (tuning/runtime/lock.py)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 # USE_LORA's values, as train.py's --use_lora reads them
 TRUE_WORDS, FALSE_WORDS = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0", "")
@@ -109,32 +113,76 @@ def missing_deepspeed_files(folder: str | Path) -> list[str]:
     return [f"{tag}/{pattern}" for pattern in patterns if not any((folder / tag).glob(pattern))]
 
 
-def is_complete_checkpoint(folder: Path) -> bool:
-    """The Trainer writes trainer_state.json last, so its presence marks a finished save (and DeepSpeed's states).
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint; None when it is.
 
-    The weights are a model's, or a LoRA run's adapter.
+    The Trainer writes trainer_state.json last, so a readable one marks a finished save (and DeepSpeed's states). The
+    weights are a model's, or a LoRA run's adapter.
     """
-    return (
-        (folder / "trainer_state.json").is_file()
-        and (not missing_model_files(folder) or not missing_adapter_files(folder))
-        and not missing_deepspeed_files(folder)
-    )
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (an interrupted save)"
+    try:
+        read_json(state)
+    except DataError:
+        return "trainer_state.json is damaged (not a JSON object)"
+    if missing_model_files(folder) and missing_adapter_files(folder):
+        return f"no weights ({', '.join(missing_model_files(folder))})"
+    missing = missing_deepspeed_files(folder)
+    return f"DeepSpeed's states are incomplete (no {', '.join(missing)})" if missing else None
 
 
-def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
-    """The `checkpoint-N` folder with the highest N that finished saving; interrupted ones are skipped."""
+def is_complete_checkpoint(folder: Path) -> bool:
+    return checkpoint_problem(folder) is None
+
+
+def numbered_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders in output_dir, the highest N first."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
-        return None
+        return []
     numbered = [
         (int(match.group(1)), path)
         for path in output_dir.iterdir()
         if path.is_dir() and (match := CHECKPOINT_PATTERN.match(path.name))
     ]
-    for _, path in sorted(numbered, reverse=True):
-        if is_complete_checkpoint(path):
-            return path
-    return None
+    return [path for _, path in sorted(numbered, reverse=True)]
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
+    """The `checkpoint-N` folder with the highest N that finished saving; interrupted or damaged ones are skipped."""
+    return next((path for path in numbered_checkpoints(output_dir) if is_complete_checkpoint(path)), None)
+
+
+def write_checksums(checkpoint: str | Path) -> None:
+    """Record the SHA-256 of every file in a saved checkpoint (CHECKSUMS_NAME, written atomically)."""
+    checkpoint = Path(checkpoint)
+    write_json(checkpoint / CHECKSUMS_NAME, {"files": sha256_of_files(checkpoint, exclude=CHECKSUMS_NAME)})
+
+
+def checksum_problem(checkpoint: Path) -> str | None:
+    """Why the files of `checkpoint` are not those recorded when it was saved; None when they are.
+
+    A file added, missing or changed since the save counts; nothing in the folder is opened but to hash it.
+    """
+    record = checkpoint / CHECKSUMS_NAME
+    if not record.is_file():
+        return f"no {CHECKSUMS_NAME} (saved by an older version, or interrupted before the record)"
+    try:
+        recorded = read_json(record).get("files")
+    except DataError:
+        recorded = None
+    if not isinstance(recorded, dict):
+        return f"{CHECKSUMS_NAME} is damaged"
+    present = set(files_under(checkpoint, exclude=CHECKSUMS_NAME))
+    added, missing = sorted(present - recorded.keys()), sorted(recorded.keys() - present)
+    if added:
+        return f"{added[0]} was not written by the save"
+    if missing:
+        return f"{missing[0]} is missing"
+    actual = sha256_of_files(checkpoint, exclude=CHECKSUMS_NAME)
+    changed = sorted(name for name, digest in recorded.items() if actual[name] != digest)
+    return f"{changed[0]} differs from the SHA-256 recorded at the save" if changed else None
 
 
 def run_folder_of(model_dir: str | Path) -> Path:
@@ -143,14 +191,23 @@ def run_folder_of(model_dir: str | Path) -> Path:
     return model_dir.parent if CHECKPOINT_PATTERN.match(model_dir.name) else model_dir
 
 
+def missing_final_model_files(run_dir: Path) -> list[str]:
+    """What the final model in a run folder lacks: a model's files and the tokenizer (train.py writes them all)."""
+    missing = missing_model_files(run_dir)
+    return missing if (run_dir / TOKENIZER_FILE).is_file() else [*missing, TOKENIZER_FILE]
+
+
 def tuned_model_in(run_dir: str | Path) -> Path:
     """The final model saved in a training run folder (a LoRA run's merged model), else its latest complete
-    `checkpoint-N` that holds a model."""
+    `checkpoint-N` that holds a model (with a note when a final model was left incomplete: an interrupted save)."""
     run_dir = Path(run_dir)
-    if not missing_model_files(run_dir):
+    missing = missing_final_model_files(run_dir)
+    if not missing:
         return run_dir
     checkpoint = latest_complete_checkpoint(run_dir)
     if checkpoint is None:
+        if not missing_model_files(run_dir):
+            return run_dir  # a model folder without its tokenizer: loading it names what it lacks
         raise DataError(
             f"{run_dir}: no final model and no complete checkpoint-N folder "
             "(train one first with `bash ds_run_bf16.sh`)"
@@ -161,6 +218,9 @@ def tuned_model_in(run_dir: str | Path) -> Path:
             f"command again to finish, or merge it with `python -m tuning.train.merge_lora --base_model BASE --adapter "
             f"{checkpoint} --output_dir DIR`"
         )
+    if any((run_dir / name).is_file() for name in ("config.json", TOKENIZER_FILE, *WEIGHT_FILES)):
+        print(f"note: {run_dir}: the final model is incomplete (no {', '.join(missing)}: an interrupted save?); "
+              f"using {checkpoint.name}", file=sys.stderr, flush=True)
     return checkpoint
 
 

@@ -1,10 +1,22 @@
+import errno
 import hashlib
 import json
+import os
 
 import pytest
 
 from tuning.runtime.errors import DataError
-from tuning.runtime.fileio import atomic_writer, atomic_writers, read_json, read_jsonl, sha256_of, write_jsonl
+from tuning.runtime.fileio import (
+    atomic_writer,
+    atomic_writers,
+    is_disk_full,
+    move_files,
+    read_json,
+    read_jsonl,
+    sha256_of,
+    sha256_of_files,
+    write_jsonl,
+)
 
 
 def test_atomic_writer_keeps_old_file_when_writing_fails(tmp_path):
@@ -86,3 +98,45 @@ def test_sha256_of_matches_hashlib(tmp_path):
     path = tmp_path / "data.bin"
     path.write_bytes(b"waimai" * 1000)
     assert sha256_of(path) == hashlib.sha256(b"waimai" * 1000).hexdigest()
+
+
+def test_moved_files_are_one_saves_once_the_last_is_there(tmp_path, monkeypatch):
+    old, new = tmp_path / "run", tmp_path / "staging"
+    old.mkdir()
+    new.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (old / name).write_text("old", encoding="utf-8")
+        (new / name).write_text("new", encoding="utf-8")
+    seen = []
+    real_replace = os.replace
+
+    def watch(source, target):  # what a reader finds before each rename
+        seen.append((old / "config.json").is_file() and (old / "model.safetensors").read_text(encoding="utf-8"))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", watch)
+    move_files(new, old, last="config.json")
+    assert seen == [False, False]  # the old config.json is gone while the new files come in
+    assert {path.name: path.read_text(encoding="utf-8") for path in old.iterdir()} == {
+        "config.json": "new", "model.safetensors": "new"}
+
+
+def test_sha256_of_files_covers_every_file_below_a_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.pt").write_bytes(b"a")
+    (tmp_path / "record.json").write_bytes(b"{}")
+    assert sha256_of_files(tmp_path, exclude="record.json") == {"sub/a.pt": hashlib.sha256(b"a").hexdigest()}
+
+
+def test_a_full_disk_is_recognised_in_every_form_a_writer_reports_it():
+    safetensors_error = Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                  '"No space left on device" })')
+    try:
+        try:
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        except OSError as error:
+            raise RuntimeError("saving failed") from error
+    except RuntimeError as chained:
+        assert is_disk_full(chained)
+    assert is_disk_full(safetensors_error) and is_disk_full(RuntimeError("basic_ios::clear: iostream error"))
+    assert not is_disk_full(OSError(errno.EACCES, "Permission denied")) and not is_disk_full(ValueError("x"))

@@ -98,6 +98,21 @@ def test_missing_csv_says_how_to_get_it_and_writes_nothing(repo_root, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine", encoding="utf-8")
+    dest = tmp_path / "data" / "waimai_10k.csv"
+    for folder, problem in [(taken, f"{taken} is a file, not a folder"),
+                            (taken / "sub", f"{taken} is a file, not a folder")]:
+        argv = ["--download", "--url", "file:///nonexistent.csv", "--csv", str(dest), "--output_dir", str(folder)]
+        assert make_data.main(argv) == 2
+        assert capsys.readouterr().err == f"error: --output_dir {folder}: {problem}\n"
+    assert taken.read_text(encoding="utf-8") == "mine" and not dest.exists()  # nothing downloaded
+    (tmp_path / "out" / "stats.json").mkdir(parents=True)
+    assert make_data.main(["--csv", str(small_csv(tmp_path / "in.csv")), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "out/stats.json is a folder, where the file stats.json goes" in capsys.readouterr().err
+
+
 def test_one_class_only_exits_2(tmp_path, capsys):
     csv_path = tmp_path / "in.csv"
     csv_path.write_text("label,review\n1,好\n1,棒\n", encoding="utf-8")

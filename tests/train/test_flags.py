@@ -7,10 +7,11 @@ import sys
 import pytest
 
 from tuning.run_layout import recipe_file
+from tuning.runtime.errors import DataError
 from tuning.runtime.paths import REPO_ROOT
 from tuning.train import flags
 from tuning.train.flags import TRAINING_ARGUMENTS_FILE, check_flags, fast_parser
-from tuning.train.recipe import recipe_parser, training_arguments_actions
+from tuning.train.recipe import parse_recipe, recipe_parser, training_arguments_actions
 
 HEAVY = ("torch", "transformers", "deepspeed")
 # train.py with the given arguments; prints which heavy libraries were imported when it exits
@@ -55,3 +56,23 @@ def test_what_only_the_full_parser_knows_is_left_to_it(tmp_path, monkeypatch):
     check_flags(["--bf16", "maybe"])  # transformers' own bool type
     monkeypatch.setattr(flags.importlib.metadata, "version", lambda name: "0.0.0")
     assert fast_parser(recipe_file()) is None  # recorded for another transformers: train.py --help takes the long way
+
+
+def test_a_negative_learning_rate_is_one_line_before_torch_loads(tmp_path):
+    recipe = tmp_path / "negative.yaml"
+    text = recipe_file(demo=True).read_text(encoding="utf-8")
+    recipe.write_text(text.replace("learning_rate: 1.5e-3", "learning_rate: -1.5e-3"), encoding="utf-8")
+    for args in ([str(recipe)], ["configs/tiny_demo.yaml", "--learning_rate", "-1.5e-3"]):
+        result = _train(*args)
+        lines = result.stderr.splitlines()
+        assert result.returncode == 2 and lines == ["error: --learning_rate -0.0015: must be more than 0",
+                                                    "imported:"], result.stderr
+
+
+def test_a_negative_number_is_a_flags_value():
+    assert flags.join_negative_numbers(["--learning_rate", "-1.5e-3", "--seed", "-1", "--bf16", "--x=-2"]) == [
+        "--learning_rate=-1.5e-3", "--seed=-1", "--bf16", "--x=-2"]
+    with pytest.raises(DataError, match=r"^--learning_rate -0.0015: must be more than 0$"):
+        parse_recipe(["--learning_rate", "-1.5e-3"])  # the full parser (another transformers than recorded)
+    assert fast_parser(recipe_file()).parse_args(flags.split_recipe_argument(
+        ["--weight_decay", "-1e-2"])[1]).weight_decay == -0.01

@@ -3,8 +3,13 @@
 The DeepSpeed launcher runs (2 processes, ZeRO-2/ZeRO-3, bf16, interrupt and resume) are in tests/scripts/test_ds_run.py.
 """
 
+import errno
 import json
+import os
+import pickle
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +28,14 @@ from tuning.eval.scoring import label_log_probs
 from tuning.model.baichuan import load_model, load_tokenizer
 from tuning.run_layout import (
     CONFIG_NAME,
+    FINAL_STAGING,
+    LOCK_NAME,
     MANIFEST_NAME,
     SUMMARY_NAME,
+    checksum_problem,
     latest_complete_checkpoint,
     missing_deepspeed_files,
+    write_checksums,
 )
 from tuning.runtime.devices import detect_device
 from tuning.runtime.errors import DataError
@@ -164,7 +173,8 @@ def _checkpoint(folder: Path, deepspeed_states=True, finished=True) -> Path:
         (folder / "global_step1" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(b"x")
         (folder / "latest").write_text("global_step1", encoding="utf-8")
     if finished:
-        (folder / "trainer_state.json").write_text("{}", encoding="utf-8")
+        (folder / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
+        write_checksums(folder)
     return folder
 
 
@@ -186,7 +196,7 @@ def test_resume_takes_the_latest_complete_checkpoint_and_deletes_nothing(tmp_pat
     assert resolve_resume("auto", tmp_path) == str(tmp_path / "checkpoint-10")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-20", "checkpoint-30"]
     assert resolve_resume("auto", tmp_path / "fresh") is None
-    with pytest.raises(DataError, match="not a complete checkpoint folder"):
+    with pytest.raises(DataError, match="checkpoint-20: not a checkpoint to resume from: no trainer_state.json"):
         resolve_resume(str(tmp_path / "checkpoint-20"), tmp_path)
 
 
@@ -295,3 +305,112 @@ def test_malformed_data_from_the_command_line(tiny_base, data_dir, tmp_path, rep
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert errors == [f"error: {bad}:2: not valid JSON (Expecting ':' delimiter)"]
     assert "Traceback" not in result.stderr
+
+
+def test_a_resume_at_the_last_step_reports_no_speed(tiny_base, data_dir, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    flags = _flags(tiny_base, data_dir, output_dir, "--eval_data", "", "--max_train_samples", "8",
+                   "--model_max_length", "64", "--per_device_train_batch_size", "4", "--save_strategy", "epoch")
+    assert main(flags) == 0
+    assert json.loads((output_dir / SUMMARY_NAME).read_text(encoding="utf-8"))["samples_per_second"] > 0
+    (output_dir / SUMMARY_NAME).unlink()  # as if killed after the last checkpoint: the resume trains no step
+    assert main(flags) == 0
+    summary = json.loads((output_dir / SUMMARY_NAME).read_text(encoding="utf-8"))
+    assert summary["global_step"] == 2 and summary["samples_per_second"] is None
+    assert summary["tokens_per_second"] is None
+    assert "no step trained in this launch" in capsys.readouterr().out
+
+
+class _Planted:
+    """A pickle that creates `marker` when it is loaded (as a pickle planted in a checkpoint could run anything)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_resume_trusts_only_checkpoints_whose_files_match_their_record(tiny_base, data_dir, tmp_path, capsys):
+    output_dir = tmp_path / "run"
+    flags = _flags(tiny_base, data_dir, output_dir, "--eval_data", "", "--model_max_length", "64", "--max_steps", "4",
+                   "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2")
+    assert main(flags) == 0
+    assert not (output_dir / FINAL_STAGING).exists() and (output_dir / "tokenizer.model").is_file()
+    assert not (output_dir / LOCK_NAME).exists()  # released at the end
+    newest, previous = output_dir / "checkpoint-4", output_dir / "checkpoint-2"
+    assert checksum_problem(newest) is None and checksum_problem(previous) is None
+
+    weights = bytearray((newest / "model.safetensors").read_bytes())
+    weights[-1] ^= 1  # one byte of the newest checkpoint tampered with
+    (newest / "model.safetensors").write_bytes(weights)
+    capsys.readouterr()
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert (f"note: {newest} skipped: model.safetensors differs from the SHA-256 recorded at the save" in err
+            and f"resuming from {previous}" in err), err
+    assert checksum_problem(newest) is None  # saved again, with a new record
+
+    marker = tmp_path / "unpickled"
+    (newest / "optimizer.pt").write_bytes(pickle.dumps(_Planted(marker)))
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert f"{newest} skipped: optimizer.pt differs" in err and f"resuming from {previous}" in err
+    assert not marker.exists()
+
+    (newest / "optimizer.pt").write_bytes(pickle.dumps(_Planted(marker)))
+    assert main([*flags, "--resume_from_checkpoint", str(newest)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: --resume_from_checkpoint {newest}: not a checkpoint to resume from: optimizer.pt "
+                      "differs from the SHA-256 recorded at the save"]
+    assert not marker.exists() and not (output_dir / LOCK_NAME).exists()  # released on an error too
+
+    (newest / "trainer_state.json").write_bytes(b"")  # a 0-byte state: an incomplete checkpoint
+    assert main(flags) == 0
+    err = capsys.readouterr().err
+    assert f"{newest} skipped: trainer_state.json is damaged" in err and f"resuming from {previous}" in err
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_before_the_model_loads(tiny_base, data_dir, tmp_path, capsys,
+                                                                             repo_root):
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tuning.runtime.lock import FolderLock; "
+                               "FolderLock.take(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
+                               str(output_dir / LOCK_NAME)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(_flags(tiny_base, data_dir, output_dir)) == 2
+    finally:
+        holder.communicate("done\n", timeout=60)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {output_dir} is in use by another training run (host {socket.gethostname()}, PID "
+                      f"{holder.pid}, lock file {LOCK_NAME}); wait for it to finish or choose another output folder"]
+    assert sorted(path.name for path in output_dir.iterdir()) == [LOCK_NAME]  # the holder's; nothing written
+
+
+@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),
+                                     RuntimeError("basic_ios::clear: iostream error")], ids=["ENOSPC", "torch"])
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tiny_base, data_dir, tmp_path, capsys,
+                                                                            monkeypatch, failure):
+    output_dir = tmp_path / "run"
+    real_save = Trainer._save
+
+    def save(self, output_dir=None, state_dict=None):  # the disk fills up at the second checkpoint
+        if str(output_dir).endswith("checkpoint-4"):
+            raise failure
+        real_save(self, output_dir, state_dict)
+
+    monkeypatch.setattr(Trainer, "_save", save)
+    flags = _flags(tiny_base, data_dir, output_dir, "--eval_data", "", "--model_max_length", "64", "--max_steps", "6",
+                   "--per_device_train_batch_size", "4", "--save_strategy", "steps", "--save_steps", "2")
+    assert main(flags) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: no space left on OUTPUT_DIR {re.escape(str(output_dir))} \(\d+ MB free\); kept "
+        rf"{re.escape(str(output_dir / 'checkpoint-2'))} \(the same command continues from there once there is "
+        r"space\)", errors[0]), err
+    assert "Traceback" not in err and checksum_problem(output_dir / "checkpoint-2") is None
+    assert not (output_dir / LOCK_NAME).exists()

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from tuning.model.files import missing_model_files
-from tuning.run_layout import MANIFEST_NAME, SUMMARY_NAME
+from tuning.run_layout import MANIFEST_NAME, SUMMARY_NAME, write_checksums
 from tuning.runtime.errors import DataError
 from tuning.train.run_folder import check_shared_output_dir, plan_resume, run_shape
 
@@ -13,7 +13,7 @@ def _model_folder(path, with_state=True):
     (path / "config.json").write_text("{}", encoding="utf-8")
     (path / "model.safetensors").write_bytes(b"x")
     if with_state:
-        (path / "trainer_state.json").write_text("{}", encoding="utf-8")
+        (path / "trainer_state.json").write_text('{"global_step": 1}', encoding="utf-8")
     return path
 
 
@@ -38,6 +38,7 @@ def _run_folder(tmp_path, shape):
     output_dir = tmp_path / "run"
     _model_folder(output_dir / "checkpoint-10")
     (output_dir / "checkpoint-10" / "trainer_state.json").write_text('{"global_step": 10, "epoch": 0.5}')
+    write_checksums(output_dir / "checkpoint-10")
     (output_dir / MANIFEST_NAME).write_text(json.dumps({"model": "m"} | shape), encoding="utf-8")
     return output_dir
 

@@ -1,16 +1,22 @@
 """Atomic file and folder writes, and validated JSON / JSONL reading."""
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO
 
 from tuning.runtime.errors import DataError
+
+HASH_THREADS = 8
+# what torch and safetensors say when a write finds the disk full
+NO_SPACE_MESSAGES = ("No space left on device", "os error 28", "iostream error", "file write failed")
 
 
 def _default_file_mode() -> int:
@@ -67,11 +73,26 @@ def staging_folder(beside: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def check_output_folder(folder: str | Path, flag: str, names: tuple[str, ...] = ()) -> None:
+    """Before any work: `folder` (or its nearest existing parent) is a writable folder, and none of the files
+    `names` to be written there is a folder; else a DataError naming the flag."""
+    folder = Path(folder)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise DataError(f"{flag} {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{flag} {folder}: {existing} is not writable")
+    for name in names:
+        if (folder / name).is_dir():
+            raise DataError(f"{flag} {folder}: {folder / name} is a folder, where the file {name} goes")
+
+
 def move_files(source: str | Path, target: str | Path, last: str) -> None:
-    """Rename every file of `source` into `target`, the one named `last` after all the others, so that a reader who
-    waits for `last` finds the rest complete."""
+    """Rename every file of `source` into `target`, the one named `last` after all the others and `target`'s own
+    `last` removed first, so that a reader who waits for `last` finds the rest complete and of one save."""
     source, target = Path(source), Path(target)
     target.mkdir(parents=True, exist_ok=True)
+    (target / last).unlink(missing_ok=True)
     for path in sorted(source.iterdir(), key=lambda path: path.name == last):
         os.replace(path, target / path.name)
 
@@ -85,6 +106,24 @@ def replace_folder(source: str | Path, target: str | Path) -> None:
     with staging_folder(target) as old:
         os.replace(target, old / target.name)
         os.replace(source, target)
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An error (or one it was raised from) of a write that failed for want of space: ENOSPC or a full quota, or
+    the message torch's or safetensors' writers give for it (torch's C++ writer gives no reason)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(message in str(error) for message in NO_SPACE_MESSAGES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def free_megabytes(path: str | Path) -> int:
+    """Free space on the file system of `path` (or of its nearest existing parent)."""
+    existing = next(folder for folder in (Path(path), *Path(path).parents) if folder.exists())
+    return shutil.disk_usage(existing).free // 2**20
 
 
 def dump_json(payload: object, handle: IO) -> None:
@@ -130,6 +169,22 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def files_under(folder: str | Path, exclude: str = "") -> list[str]:
+    """Every file below `folder` as a path relative to it ('/'-separated, sorted), the one named `exclude` aside."""
+    folder = Path(folder)
+    names = (path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    return sorted(name for name in names if name != exclude)
+
+
+def sha256_of_files(folder: str | Path, exclude: str = "") -> dict[str, str]:
+    """The SHA-256 of every file below `folder` (files_under), hashed on parallel threads (hashlib releases the
+    GIL), so that a checkpoint's many shards take about as long as its largest."""
+    folder = Path(folder)
+    names = files_under(folder, exclude)
+    with ThreadPoolExecutor(max_workers=min(HASH_THREADS, len(names) or 1)) as pool:
+        return dict(zip(names, pool.map(lambda name: sha256_of(folder / name), names)))
 
 
 def read_jsonl(

@@ -15,14 +15,15 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import json
-from argparse import ArgumentParser
+import sys
+from argparse import ArgumentParser, Namespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
 from tuning.data.prompt import PADDING_MODES
 from tuning.run_layout import read_recipe_file, recipe_file
-from tuning.runtime.errors import DataError
+from tuning.runtime.errors import DataError, report_errors
 from tuning.runtime.paths import REPO_ROOT
 
 DEFAULT_RECIPE, DEFAULT_LORA_RECIPE = recipe_file(), recipe_file(lora=True)
@@ -142,27 +143,56 @@ class RunFlags:
                                                          "--eval_strategy steps and --eval_steps); 0: as given."})
 
     def __post_init__(self):
-        if self.warmup_ratio is not None and (not 0 <= self.warmup_ratio < 1 or self.warmup_steps):
-            raise DataError("--warmup_ratio: give a fraction in [0, 1), and no --warmup_steps with it")
-        if self.global_batch_size < 0 or self.eval_points_per_epoch < 0:
-            raise DataError("--global_batch_size and --eval_points_per_epoch must be 0 or more")
-        if self.global_batch_size and self.gradient_accumulation_steps != 1:
-            raise DataError("--gradient_accumulation_steps: derived from --global_batch_size; give one of them "
-                            "(--global_batch_size 0 to set the accumulation yourself)")
+        check_run_flags(self)
+
+
+def check_run_flags(flags: object) -> None:
+    """RunFlags' checks, and the learning rate's, on TrainingFlags or on the fast parser's namespace (the same
+    attributes)."""
+    if flags.learning_rate <= 0:
+        raise DataError(f"--learning_rate {flags.learning_rate}: must be more than 0")
+    if flags.warmup_ratio is not None and (not 0 <= flags.warmup_ratio < 1 or flags.warmup_steps):
+        raise DataError("--warmup_ratio: give a fraction in [0, 1), and no --warmup_steps with it")
+    if flags.global_batch_size < 0 or flags.eval_points_per_epoch < 0:
+        raise DataError("--global_batch_size and --eval_points_per_epoch must be 0 or more")
+    if flags.global_batch_size and flags.gradient_accumulation_steps != 1:
+        raise DataError("--gradient_accumulation_steps: derived from --global_batch_size; give one of them "
+                        "(--global_batch_size 0 to set the accumulation yourself)")
 
 
 LORA_SETTINGS = tuple(item.name for item in dataclasses.fields(LoraArguments) if item.name != "use_lora")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def join_negative_numbers(flags: list[str]) -> list[str]:
+    """`--flag -1.5e-3` as `--flag=-1.5e-3`: argparse takes a negative number in exponent form for a flag."""
+    joined: list[str] = []
+    for argument in flags:
+        previous = joined[-1] if joined else ""
+        if argument.startswith("-") and _is_number(argument) and previous.startswith("--") and "=" not in previous:
+            joined[-1] = f"{previous}={argument}"
+        else:
+            joined.append(argument)
+    return joined
+
+
 def split_recipe_argument(argv: list[str]) -> tuple[Path | None, list[str]]:
     """The recipe file among the arguments (the first YAML file that is no flag's value), else None; and the
-    remaining flags. Launchers may put flags such as `--local_rank=0` before it."""
+    remaining flags, negative numbers joined to their flags. Launchers may put flags such as `--local_rank=0`
+    before it."""
     for index, argument in enumerate(argv):
         previous = argv[index - 1] if index else ""
         is_value = previous.startswith("-") and "=" not in previous
         if argument.endswith(RECIPE_SUFFIXES) and not argument.startswith("-") and not is_value:
-            return Path(argument), argv[:index] + argv[index + 1:]
-    return None, argv
+            return Path(argument), join_negative_numbers(argv[:index] + argv[index + 1:])
+    return None, join_negative_numbers(argv)
 
 
 def apply_recipe(parser: ArgumentParser, recipe_path: Path) -> None:
@@ -217,8 +247,16 @@ def fast_parser(recipe_path: Path) -> ArgumentParser | None:
     return parser
 
 
+def check_values(namespace: Namespace) -> None:
+    """The checks our dataclasses make when built (DataError), on the fast parser's values."""
+    for kind in (ModelArguments, DataArguments, LoraArguments):
+        kind(**{item.name: getattr(namespace, item.name) for item in dataclasses.fields(kind)})
+    check_run_flags(namespace)
+
+
 def check_flags(argv: list[str]) -> None:
-    """Answer `--help`, and stop at an unknown flag or a bad value, with the fast parser (argparse exits then).
+    """Answer `--help`, and stop at an unknown flag or a bad value, with the fast parser (argparse exits then; a
+    value our checks refuse exits with a one-line error).
 
     A recipe file that cannot be read is left to recipe.parse_recipe, which reports it (once per machine).
     """
@@ -228,4 +266,7 @@ def check_flags(argv: list[str]) -> None:
     except DataError:
         return
     if parser is not None:
-        parser.parse_args(flags)
+        namespace = parser.parse_args(flags)
+        code = report_errors(lambda: check_values(namespace) or 0)
+        if code:
+            sys.exit(code)

@@ -1,6 +1,7 @@
 """train.py's work: read the recipe, check the inputs, set up the device, train (resuming when possible), save."""
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,16 @@ from tuning.model.baichuan import (
     load_model,
     load_tokenizer,
 )
-from tuning.run_layout import CONFIG_NAME, CURVES_NAME, MANIFEST_NAME, SUMMARY_NAME
+from tuning.run_layout import (
+    CHECKSUMS_NAME,
+    CONFIG_NAME,
+    CURVES_NAME,
+    FINAL_STAGING,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    is_complete_checkpoint,
+    numbered_checkpoints,
+)
 from tuning.runtime.devices import (
     Device,
     compute_dtype,
@@ -44,7 +54,7 @@ from tuning.runtime.distributed import (
     world_size,
 )
 from tuning.runtime.errors import DataError, report_errors
-from tuning.runtime.fileio import sha256_of, write_json
+from tuning.runtime.fileio import free_megabytes, is_disk_full, move_files, sha256_of, write_json
 from tuning.train.curves import plot_curves
 from tuning.train.flags import DataArguments, LoraArguments
 from tuning.train.lora import add_lora, parameter_counts, save_adapter, save_merged_model
@@ -56,7 +66,7 @@ from tuning.train.recipe import (
     parse_recipe,
     training_argument_values,
 )
-from tuning.train.run_folder import check_shared_output_dir, plan_resume, run_shape
+from tuning.train.run_folder import check_shared_output_dir, output_dir_lock, plan_resume, run_shape
 from tuning.train.trainer import LabelAccuracy, WaimaiTrainer
 
 EVAL_KEYS = ("eval_loss", "eval_accuracy", "eval_macro_f1")  # reported in train_summary.json
@@ -203,6 +213,22 @@ def build_trainer(
     return trainer, train_split, eval_split
 
 
+def save_final_model(trainer: WaimaiTrainer, output_dir: Path) -> None:
+    """The final model in output_dir, complete or absent (collective: ZeRO-3 gathers it).
+
+    The Trainer writes it to FINAL_STAGING inside output_dir; the first process then renames each file into
+    output_dir, config.json last and the old one removed first, so that a folder with config.json holds one save's
+    complete model (tuned_model_in takes the latest checkpoint otherwise).
+    """
+    staging = output_dir / FINAL_STAGING  # the same path on every process; only the first writes there
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted save
+    trainer.save_model(str(staging))
+    if trainer.is_world_process_zero():
+        move_files(staging, output_dir, last="config.json")
+        staging.rmdir()
+
+
 def resolved_config(recipe: Recipe, args: TrainingArguments, device: Device) -> dict:
     """Every setting's final value, as the run used it (run_config.json)."""
     return {
@@ -232,6 +258,7 @@ def run_summary(
     real_tokens, all_tokens = trainer.token_totals()
     peak_device = peak_memory_bytes(device)
     runtime = train_metrics["train_runtime"]
+    measured = all_tokens > 0 and runtime > 0  # a launch resumed at the last step trains nothing: no speed
     trainable, total = parameter_counts(trainer.model)
     return {
         "model": model,
@@ -253,8 +280,8 @@ def run_summary(
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
         "train_runtime_s": runtime,  # includes the evaluations and saves made during training
-        "samples_per_second": train_metrics["train_samples_per_second"],
-        "tokens_per_second": real_tokens / runtime if runtime > 0 else None,  # non-padding tokens
+        "samples_per_second": train_metrics["train_samples_per_second"] if measured else None,
+        "tokens_per_second": real_tokens / runtime if measured else None,  # non-padding tokens
         "padding_share": 1 - real_tokens / all_tokens if all_tokens else None,
         "peak_device_memory_bytes": None if peak_device is None else max_over_processes(peak_device, args.device),
         "peak_host_memory_bytes": max_over_processes(peak_host_memory_bytes(), args.device),
@@ -262,15 +289,39 @@ def run_summary(
 
 
 def train(recipe: Recipe, started: float) -> int:
-    flags = recipe.training
-    output_dir = Path(flags.output_dir)
+    """Every input checked, the device set up and the data encoded, then training in the output folder, locked for
+    this launch before the model loads."""
+    output_dir = Path(recipe.training.output_dir)
     model_dir = check_model_dir(recipe.model.model_name_or_path)
     identity = run_identity(model_dir, recipe.data, recipe.lora)
     device = detect_device(local_rank())  # binds this rank's card before anything queries one
     prepare_device(device, local_rank())
     inputs = prepare_inputs(recipe, model_dir, device)
-    shape = shape_of(inputs.args)
     check_shared_output_dir(output_dir)
+    with output_dir_lock(output_dir):
+        try:
+            return train_in_folder(recipe, started, model_dir, identity, device, inputs)
+        except Exception as error:
+            if is_disk_full(error):
+                raise disk_full(output_dir) from None
+            raise
+
+
+def disk_full(output_dir: Path) -> OSError:
+    """The one-line error of a save that found the disk full: the space left and what the folder kept."""
+    kept = next((checkpoint for checkpoint in numbered_checkpoints(output_dir)
+                 if is_complete_checkpoint(checkpoint) and (checkpoint / CHECKSUMS_NAME).is_file()), None)
+    then = (f"kept {kept} (the same command continues from there once there is space)" if kept
+            else "no complete checkpoint was kept")
+    return OSError(f"no space left on OUTPUT_DIR {output_dir} ({free_megabytes(output_dir)} MB free); {then}")
+
+
+def train_in_folder(recipe: Recipe, started: float, model_dir: Path, identity: dict, device: Device,
+                    inputs: RunInputs) -> int:
+    """The resume decision, the Trainer, training, and the final model and reports in the (locked) output folder."""
+    flags = recipe.training
+    output_dir = Path(flags.output_dir)
+    shape = shape_of(inputs.args)
     plan = decided_by_main(
         lambda: plan_resume(output_dir, identity, flags.resume_from_checkpoint, shape, flags.max_steps,
                             flags.num_train_epochs)
@@ -295,7 +346,7 @@ def train(recipe: Recipe, started: float) -> int:
     if recipe.lora.use_lora:
         adapter_dir = save_adapter(trainer, output_dir)
     else:
-        trainer.save_model(args.output_dir)
+        save_final_model(trainer, output_dir)
     trainer.save_state()
 
     summary = run_summary(trainer, result.metrics, identity["model"], device, recipe, train_split, eval_split, resume)
@@ -308,10 +359,10 @@ def train(recipe: Recipe, started: float) -> int:
         write_json(output_dir / SUMMARY_NAME, summary)
         plot_curves(trainer.state.log_history, output_dir / CURVES_NAME)
         write_model_card(output_dir)
-        accuracy = summary["eval_accuracy"]
+        accuracy, speed = summary["eval_accuracy"], summary["samples_per_second"]
         print(
             f"done: {summary['global_step']} steps in {summary['wall_time_s']:.0f} s, "
-            f"{summary['samples_per_second']:.1f} samples/s"
+            + (f"{speed:.1f} samples/s" if speed is not None else "no step trained in this launch")
             + (f", eval accuracy {accuracy:.4f}" if accuracy is not None else "")
             + f"; {'merged model, adapter/' if recipe.lora.use_lora else 'model'} and {SUMMARY_NAME} in {output_dir}",
             flush=True,

@@ -1,5 +1,5 @@
-"""What training does with its run folder: refuse another run's, check that every process sees it, decide whether
-and where to resume.
+"""What training does with its run folder: refuse another run's, check that every process sees it, lock it for
+this launch, decide whether and where to resume.
 
 The folder's layout (file names, checkpoints, the tuned model in it) is tuning/run_layout.py's. run_manifest.json
 records what makes two runs the same run (model, data, encoding): a folder holding another run is refused, and a
@@ -10,13 +10,30 @@ ZeRO stage, precision): DeepSpeed's checkpoints resume only with the same shape.
 import secrets
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuning.run_layout import MANIFEST_NAME, SUMMARY_NAME, is_complete_checkpoint, latest_complete_checkpoint
-from tuning.runtime.distributed import broadcast_from_main, gather_from_all, global_rank, is_main_process
+from tuning.run_layout import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    SUMMARY_NAME,
+    checkpoint_problem,
+    checksum_problem,
+    numbered_checkpoints,
+)
+from tuning.runtime.distributed import (
+    broadcast_from_main,
+    decided_by_main,
+    gather_from_all,
+    global_rank,
+    is_main_process,
+    note,
+)
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import read_json
+from tuning.runtime.lock import FolderLock
 
 SHAPE_KEYS = ("world_size", "zero_stage", "precision")
 SHARED_CHECK_WAIT_S = 10.0  # how long a process waits to see rank 0's file (network file systems cache lookups)
@@ -44,7 +61,7 @@ def check_output_dir(output_dir: Path, identity: dict) -> None:
                     f"{_shown(key, value)} now); choose another --output_dir"
                 )
     elif output_dir.is_dir():
-        foreign = sorted(path.name for path in output_dir.iterdir() if path.suffix != ".log")
+        foreign = sorted(path.name for path in output_dir.iterdir() if path.suffix != ".log" and path.name != LOCK_NAME)
         if foreign:
             raise DataError(
                 f"{output_dir} holds files but no {MANIFEST_NAME} (another run's? {', '.join(foreign[:3])}); "
@@ -94,6 +111,28 @@ def check_shared_output_dir(output_dir: Path) -> None:
         )
 
 
+@contextmanager
+def output_dir_lock(output_dir: Path) -> Iterator[None]:
+    """This launch's lock on output_dir, held while the block runs (collective: rank 0 takes it for every process of
+    the launch, and releases it when the block ends, also on an error). Another launch's live lock is a DataError on
+    every process; a stale one is taken over with a note."""
+    lock = None
+
+    def take() -> str | None:
+        nonlocal lock
+        lock = FolderLock.take(output_dir / LOCK_NAME, "training run")
+        return lock.note
+
+    taken_over = decided_by_main(take)
+    if taken_over:
+        note(taken_over)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
+
+
 @dataclass(frozen=True)
 class ResumePlan:
     checkpoint: str | None  # the checkpoint to continue from; None: train from the start
@@ -116,13 +155,25 @@ def plan_resume(output_dir: Path, identity: dict, resume_flag: str | None, shape
     return ResumePlan(checkpoint)
 
 
+def resume_problem(checkpoint: Path) -> str | None:
+    """Why training must not continue from `checkpoint`: an incomplete save, or files that are not those its save
+    recorded (resuming unpickles DeepSpeed's and the Trainer's states, so only files this code wrote are loaded)."""
+    return checkpoint_problem(checkpoint) or checksum_problem(checkpoint)
+
+
 def resolve_resume(value: str | None, output_dir: Path) -> str | None:
-    """`auto`: the latest complete checkpoint in output_dir, if any; otherwise a folder that must be complete."""
+    """`auto`: the latest checkpoint in output_dir that is complete and matches its record, if any, each newer one
+    skipped with a note naming it; otherwise a folder that must be such a checkpoint."""
     if value in (None, "", "auto"):
-        latest = latest_complete_checkpoint(output_dir)
-        return str(latest) if latest else None
-    if not is_complete_checkpoint(Path(value)):
-        raise DataError(f"--resume_from_checkpoint {value}: not a complete checkpoint folder")
+        for checkpoint in numbered_checkpoints(output_dir):
+            problem = resume_problem(checkpoint)
+            if problem is None:
+                return str(checkpoint)
+            note(f"{checkpoint} skipped: {problem}")
+        return None
+    problem = resume_problem(Path(value))
+    if problem:
+        raise DataError(f"--resume_from_checkpoint {value}: not a checkpoint to resume from: {problem}")
     return value
 
 

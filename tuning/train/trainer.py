@@ -1,16 +1,20 @@
-"""The Trainer of train.py: logits only where labels are set, padding counts, label-scoring accuracy in evaluation."""
+"""The Trainer of train.py: logits only where labels are set, padding counts, label-scoring accuracy in evaluation,
+the SHA-256 record of each checkpoint."""
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from accelerate.utils import DistributedType
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from transformers_modify.step_metrics import StepMetricsCallback
 from tuning.eval.metrics import classification_metrics
 from tuning.eval.scoring import label_log_probs
-from tuning.runtime.distributed import global_rank, world_size
+from tuning.run_layout import write_checksums
+from tuning.runtime.distributed import barrier, global_rank, world_size
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,21 @@ class LabelAccuracy:
         return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
 
 
+class ChecksumCallback(TrainerCallback):
+    """After each checkpoint save, once every process has written its files: the first process records their
+    SHA-256 in the checkpoint (run_layout.write_checksums); a resume trusts only a checkpoint that matches it."""
+
+    def on_save(self, args, state, control, **kwargs):
+        barrier()
+        if state.is_world_process_zero:
+            write_checksums(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        return control
+
+
 class WaimaiTrainer(Trainer):
     """`Trainer` plus: the model's `logits_at_labels_only` forward, token counts of the training batches,
-    label-scoring metrics added to every evaluation, the step metrics merged into the training logs, and no host
-    synchronisation for the gradient norm between logging steps."""
+    label-scoring metrics added to every evaluation, the step metrics merged into the training logs, each
+    checkpoint's SHA-256 record, and no host synchronisation for the gradient norm between logging steps."""
 
     def __init__(
         self,
@@ -66,6 +81,7 @@ class WaimaiTrainer(Trainer):
         self.logits_at_labels_only = logits_at_labels_only
         self.label_accuracy = label_accuracy
         self.step_metrics = step_metrics
+        self.add_callback(ChecksumCallback())
         if step_metrics is not None:
             self.add_callback(step_metrics)
         self._real_tokens = torch.zeros((), dtype=torch.long, device=self.args.device)

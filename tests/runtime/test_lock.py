@@ -1,0 +1,109 @@
+"""The output folder's lock: a second run is refused naming the holder; a stale lock is taken over with a note."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tuning.runtime import lock as lock_module
+from tuning.runtime.errors import DataError
+from tuning.runtime.lock import FolderLock, process_start_time
+from tuning.runtime.paths import REPO_ROOT
+
+# Takes the lock named by argv[1], says so, holds it until a line arrives on stdin, then releases it.
+HOLDER = (
+    "import sys\n"
+    "from tuning.runtime.lock import FolderLock\n"
+    "from tuning.runtime.errors import report_errors\n"
+    "def hold():\n"
+    "    lock = FolderLock.take(sys.argv[1])\n"
+    "    print('held', flush=True)\n"
+    "    sys.stdin.readline()\n"
+    "    lock.release()\n"
+    "    return 0\n"
+    "sys.exit(report_errors(hold))\n"
+)
+
+
+def _holder(path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], cwd=REPO_ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def test_a_second_process_is_refused_naming_the_first_until_it_releases(tmp_path):
+    path = tmp_path / ".run.lock"
+    first = _holder(path)
+    assert first.stdout.readline() == "held\n"
+    second = _holder(path)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 2
+    assert err == (f"error: {tmp_path} is in use by another run (host {socket.gethostname()}, PID {first.pid}, lock "
+                   "file .run.lock); wait for it to finish or choose another output folder\n")
+    first.communicate("done\n", timeout=60)
+    assert first.returncode == 0 and not path.exists()  # released
+    lock = FolderLock.take(path)  # free again
+    assert lock.note is None
+    lock.release()
+
+
+def _write_lock(path, **holder) -> None:
+    path.write_text(json.dumps(holder), encoding="utf-8")
+
+
+def test_a_killed_runs_lock_is_taken_over_with_a_note(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = tmp_path / ".run.lock"
+    _write_lock(path, host=socket.gethostname(), pid=gone.pid, pid_start=1, token="old")
+    lock = FolderLock.take(path)
+    assert lock.note == (f"took over the stale lock {path} of host {socket.gethostname()}, PID {gone.pid}: process "
+                         f"{gone.pid} is gone")
+    assert json.loads(path.read_text(encoding="utf-8"))["pid"] == os.getpid()
+    lock.release()
+    assert sorted(tmp_path.iterdir()) == []  # nothing left beside it
+
+
+def test_a_reused_pid_does_not_keep_a_lock(tmp_path):
+    path = tmp_path / ".run.lock"
+    _write_lock(path, host=socket.gethostname(), pid=os.getpid(), pid_start=process_start_time(os.getpid()) - 1)
+    lock = FolderLock.take(path)
+    assert lock.note.endswith(f"PID {os.getpid()} now belongs to another process")
+    lock.release()
+
+
+def test_another_hosts_lock_is_stale_only_without_its_heartbeat(tmp_path):
+    path = tmp_path / ".run.lock"
+    _write_lock(path, host="node-7", pid=4242)
+    with pytest.raises(DataError, match=r"in use by another run \(host node-7, PID 4242, lock file \.run\.lock\)"):
+        FolderLock.take(path)
+    old = time.time() - lock_module.STALE_AFTER_S - 5
+    os.utime(path, (old, old))
+    lock = FolderLock.take(path)
+    assert "of host node-7, PID 4242: not refreshed for" in lock.note
+    lock.release()
+
+
+def test_the_holder_keeps_its_lock_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(lock_module, "HEARTBEAT_S", 0.01)
+    path = tmp_path / ".run.lock"
+    lock = FolderLock.take(path)
+    os.utime(path, (0, 0))
+    deadline = time.monotonic() + 60
+    while path.stat().st_mtime == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    refreshed = path.stat().st_mtime > 0
+    lock.release()
+    assert refreshed and not path.exists()
+
+
+def test_release_leaves_another_runs_lock_alone(tmp_path):
+    path = tmp_path / ".run.lock"
+    lock = FolderLock.take(path)
+    _write_lock(path, host="node-7", pid=1, token="theirs")  # as if taken over after this run was judged stale
+    lock.release()
+    assert json.loads(path.read_text(encoding="utf-8"))["token"] == "theirs"

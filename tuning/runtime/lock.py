@@ -1,0 +1,149 @@
+"""One run at a time in an output folder: a lock file that names its holder (host, PID), kept fresh by a heartbeat.
+
+The holder creates the file complete in one step (written beside it, then hard-linked into place, which fails if
+the lock exists: also atomic on NFS) and refreshes its modification time every HEARTBEAT_S seconds on a daemon
+thread. Another run finds the lock and is refused with the holder named, unless the lock is stale:
+- on the holder's host, its process is gone (or its PID now belongs to a process started later);
+- from another host, whose processes cannot be seen, the lock has not been refreshed for STALE_AFTER_S seconds.
+A stale lock is taken over, with a note saying whose it was. The holder removes the lock when it is done.
+"""
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuning.runtime.errors import DataError
+
+HEARTBEAT_S = 10.0  # how often the holder refreshes the lock's modification time
+STALE_AFTER_S = 120.0  # a lock not refreshed for this long is stale when its holder's host cannot be checked
+
+
+def process_start_time(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (Linux /proc; None where it cannot be read): tells a live
+    process from a later one that reuses its PID."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])  # field 22 of stat; the two before the split (pid, comm) are gone
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _holder_text(token: str) -> str:
+    pid = os.getpid()
+    return json.dumps({"host": socket.gethostname(), "pid": pid, "pid_start": process_start_time(pid),
+                       "token": token, "since": time.time()})
+
+
+def stale_reason(holder: dict, age_s: float) -> str | None:
+    """Why the lock of `holder` (refreshed `age_s` seconds ago) is stale; None while its run may still be going."""
+    pid = holder.get("pid")
+    if holder.get("host") == socket.gethostname() and isinstance(pid, int):
+        if not process_alive(pid):
+            return f"process {pid} is gone"
+        started = holder.get("pid_start")
+        if started is not None and process_start_time(pid) not in (None, started):
+            return f"PID {pid} now belongs to another process"
+        return None
+    if age_s > STALE_AFTER_S:
+        return f"not refreshed for {age_s:.0f} s (more than {STALE_AFTER_S:.0f} s)"
+    return None
+
+
+@dataclass
+class FolderLock:
+    """A lock held by this process; `note` says whose stale lock it replaced, if any."""
+
+    path: Path
+    token: str
+    note: str | None
+    _stop: threading.Event
+
+    @classmethod
+    def take(cls, path: str | Path, what: str = "run") -> "FolderLock":
+        """Take the lock at `path`, or raise DataError naming the live holder (`what` names the lock's user)."""
+        path = Path(path)
+        token = secrets.token_hex(8)
+        taken_over = None
+        for _ in range(5):  # each round either takes the lock or moves a stale one aside
+            if _create(path, _holder_text(token)):
+                lock = cls(path, token, taken_over, threading.Event())
+                lock._start_heartbeat()
+                return lock
+            try:
+                text, age_s = path.read_text(encoding="utf-8"), time.time() - path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # released meanwhile
+            try:
+                holder = json.loads(text)
+            except json.JSONDecodeError:
+                holder = {}
+            reason = stale_reason(holder, age_s) if holder else "unreadable"
+            who = f"host {holder.get('host', '?')}, PID {holder.get('pid', '?')}"
+            if reason is None:
+                raise DataError(f"{path.parent} is in use by another {what} ({who}, lock file {path.name}); wait "
+                                "for it to finish or choose another output folder")
+            if _move_aside(path, text):
+                taken_over = f"took over the stale lock {path} of {who}: {reason}"
+        raise DataError(f"{path}: could not take the lock (other runs keep taking it)")
+
+    def _start_heartbeat(self) -> None:
+        def beat() -> None:
+            while not self._stop.wait(HEARTBEAT_S):
+                try:
+                    os.utime(self.path)
+                except OSError:
+                    pass  # the next beat tries again; a lock gone missing is found at release
+        threading.Thread(target=beat, name="lock-heartbeat", daemon=True).start()
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock, if it is still this process's."""
+        self._stop.set()
+        try:
+            if json.loads(self.path.read_text(encoding="utf-8")).get("token") == self.token:
+                self.path.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
+
+
+def _create(path: Path, text: str) -> bool:
+    """Write `text` to a new file at `path` in one step; False if `path` exists."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    try:
+        os.link(temp, path)
+    except FileExistsError:
+        return False
+    finally:
+        temp.unlink()
+    return True
+
+
+def _move_aside(path: Path, stale_text: str) -> bool:
+    """Remove the stale lock at `path` whose contents were `stale_text`; a lock taken by another run in between
+    (different contents) is put back. True when the stale lock is gone."""
+    aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if aside.read_text(encoding="utf-8") != stale_text:
+        _create(path, aside.read_text(encoding="utf-8"))
+        aside.unlink()
+        return False
+    aside.unlink()
+    return True
