@@ -183,7 +183,7 @@ def test_the_cpu_computes_in_fp32_even_with_native_bf16(trained, tmp_path, monke
     output_dir = tmp_path / "outputs"
     assert run_test.main(["--base_model", str(trained["run"]), "--tuned_model", str(trained["run"]),
                           "--eval_data", str(trained["eval"]), "--max_samples", "2", "--num_examples", "1",
-                          "--max_new_tokens", "1", "--output_dir", str(output_dir)]) == 0
+                          "--max_new_tokens", "1", "--output_dir", str(output_dir), "--other_base"]) == 0
     assert json.loads((output_dir / "eval_results.json").read_text(encoding="utf-8"))["dtype"] == "float32"
 
 
