@@ -372,3 +372,13 @@ def sharded_copy(model_dir: Path, target: Path) -> Path:
     shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("*.safetensors", "checkpoint-*"))
     write_sharded_bin(model.state_dict(), target, shards=2)
     return target
+
+
+def test_a_truncated_weight_file_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["run"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code, printed, err = predict_main(["--model", str(broken), "好吃"], monkeypatch, capsys)
+    assert (code, printed) == (2, []) and err.startswith(f"error: {weights}: damaged or truncated weight file (")
+    assert err.count("\n") == 1

@@ -12,8 +12,8 @@ import pytest
 from tiny_models import write_sharded_bin
 
 from run_test import main
-from tuning.eval import evaluate
 from tuning.data.prompt import PromptFormat
+from tuning.eval import evaluate
 from tuning.eval.evaluate import PROMPT_SETTINGS
 from tuning.model.baichuan import BaichuanConfig, load_model, load_tokenizer
 from tuning.model.tiny import build_tiny_base
