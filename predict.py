@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from tuning.eval.flags import add_dtype_flag
 from tuning.run_layout import default_run_dirs
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.errors import report_errors
@@ -20,7 +21,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "run_test.py scores it, with the prompt template, label words and model_max_length recorded by the "
             "training run (run_config.json); probability is the softmax over the label words' scores. Empty "
             "reviews are skipped and longer ones cut as in training; both are counted on stderr. Runs on the NPU "
-            "or GPU when there is one (bf16), else on the CPU (fp32)."
+            "or GPU when there is one, else on the CPU, in the precision --dtype chooses. The output path, the "
+            "model folder, the reviews and the memory the model needs are checked before any weight is read."
         ),
         formatter_class=HelpFormatter,
     )
@@ -33,14 +35,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              f"{lora_runs[1]}")
     parser.add_argument("--input", type=Path, default=None, dest="input_file", metavar="FILE",
                         help="reviews in a file: .jsonl with a review field, .csv with a review column (UTF-8 or "
-                             "GB18030), or .txt with one review per line; shows a progress bar on stderr")
+                             "GB18030), or .txt with one review per line; shows the count and the "
+                             "time left on stderr now and then")
     parser.add_argument("--output", type=Path, default=None, metavar="FILE",
                         help="write the answers to this .jsonl or .csv file (UTF-8 with BOM) instead of stdout; "
-                             "it is replaced only once every review is classified")
+                             "it is replaced only once every review is classified, and never the --input file")
     parser.add_argument("--batch_size", type=whole_number(1), default=16,
-                        help="reviews per forward pass (batches group reviews of similar length)")
-    parser.add_argument("--fp32", action="store_true",
-                        help="compute in fp32 even on an accelerator with native bf16")
+                        help="reviews per forward pass (batches group reviews of similar length); cut, with a "
+                             "note, to what fits in memory")
+    add_dtype_flag(parser)
     return parser.parse_args(argv)
 
 

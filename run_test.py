@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tuning.eval.flags import add_dtype_flag
 from tuning.run_layout import run_defaults
 from tuning.runtime.cli import HelpFormatter, whole_number
 from tuning.runtime.errors import report_errors
@@ -25,7 +26,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "given here. Writes "
             "eval_results.json, eval_report.md and confusion_matrix.png to --output_dir (default: eval/ in the "
             "tuned model's training run folder). Uses the NPU or GPU "
-            "when there is one (bf16 where supported), else the CPU (fp32). Default paths are inside this "
+            "when there is one, else the CPU, in the precision --dtype chooses; the two models are loaded one at "
+            "a time, and whether one fits in memory is checked before any weight is read. Default paths are inside this "
             "repository, wherever you run it from; paths you pass are relative to the current directory."
         ),
         formatter_class=HelpFormatter,
@@ -67,8 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", type=Path, default=None,
                         help="folder for eval_results.json, eval_report.md and confusion_matrix.png; default: "
                              "eval/ in the tuned model's training run folder")
-    parser.add_argument("--fp32", action="store_true",
-                        help="compute in fp32 even on an accelerator with native bf16 (the CPU always uses fp32)")
+    parser.add_argument("--other_base", action="store_true",
+                        help="compare with a --base_model other than the one the tuned run was trained from (its "
+                             "run_manifest.json); without it, another base is refused")
+    add_dtype_flag(parser)
     return parser.parse_args(argv)
 
 

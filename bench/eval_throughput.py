@@ -1,13 +1,15 @@
 """Evaluation throughput: the original's one-review-at-a-time generation against batched label scoring.
 
 Both answer every review; the report gives reviews/s, the ratio and how often the two answers agree. A third row
-times predict.py's path on a file of the same reviews (read the file, label scoring, write the JSONL answers). The
-last line is `speedup_vs_original: <ratio>`.
+times predict.py's path on a file of the same reviews (read the file, label scoring, write the JSONL answers); on
+the CPU a fourth times it with the model in bf16, the precision `--dtype auto` falls back to when fp32 does not fit
+(the ratio is `predict_bf16_vs_fp32`). The last line is `speedup_vs_original: <ratio>`.
 
 Run from the repository root:  python bench/eval_throughput.py   (or python -m bench.eval_throughput)
 """
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 from functools import partial
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from bench.common import default_data, default_tokenizer, display_path, format_table, header_lines, split_jsonl
 from tuning.data.prompt import PromptFormat
 from tuning.eval.evaluate import EvalSettings, encode_eval_data, prompt_settings
+from tuning.eval.flags import add_dtype_flag
 from tuning.eval.generation import greedy_generate, parse_answer
 from tuning.eval.inference import inference_setup, load_for_inference
 from tuning.eval.predicting import Classifier, find_model, read_input_file, write_predictions
@@ -37,7 +40,7 @@ DEMO_RUN = run_defaults(demo=True).output_dir  # where the CPU demo (`make demo`
 def benchmark(args: argparse.Namespace) -> list[str]:
     """Time both ways over the same reviews, round after round; return the report's lines."""
     model_dir = find_model(args.model, [DEMO_RUN])
-    setup = inference_setup(args.fp32)
+    setup = inference_setup(args.dtype, [model_dir])
     device, dtype = setup.device, setup.dtype
     for line in header_lines(device, dtype):
         print(line, flush=True)
@@ -63,14 +66,17 @@ def benchmark(args: argparse.Namespace) -> list[str]:
         def score(batch: list[list[int]]) -> torch.Tensor:
             return label_log_probs(model, batch, candidates, pad_token_id, args.batch_size)
 
-        def predict_file() -> list[str]:
+        def predict_file(classifier: Classifier) -> list[str]:
             """predict.py --input reviews.jsonl --output answers.jsonl, the model already loaded."""
             predictions = classifier.classify(read_input_file(review_file).texts)
             write_predictions(predictions.records, answer_file, sys.stdout)
             return [record["label"] for record in predictions.records]
 
         methods = {"generation": partial(generate, prompts), "scoring": partial(score, prompts),
-                   "predict": predict_file}
+                   "predict": partial(predict_file, classifier)}
+        if device.kind == "cpu" and dtype == torch.float32:
+            bf16_model = load_for_inference(model_dir, device, torch.bfloat16)
+            methods["predict-bf16"] = partial(predict_file, dataclasses.replace(classifier, model=bf16_model))
         generate(prompts[: args.batch_size])  # warm-up, untimed
         score(prompts[: args.batch_size])
         seconds = {name: [] for name in methods}
@@ -86,7 +92,8 @@ def benchmark(args: argparse.Namespace) -> list[str]:
     generated = [parse_answer(tokenizer.decode(ids, skip_special_tokens=True), label_words)
                  for ids in outputs["generation"]]
     scored = [label_words[index] for index in outputs["scoring"].argmax(dim=-1).tolist()]
-    answers = {"generation": generated, "scoring": scored, "predict": outputs["predict"]}
+    answers = {"generation": generated, "scoring": scored} | {
+        name: outputs[name] for name in outputs if name.startswith("predict")}
     return report(args, model_dir, model, len(prompts), seconds, split.answers, answers)
 
 
@@ -106,8 +113,10 @@ def report(
         "generation": ("original", f"generate {args.max_new_tokens} tokens, 1 review per call"),
         "scoring": ("ours", f"label scoring, {args.batch_size} reviews per batch"),
         "predict": ("predict.py", "--input .jsonl --output .jsonl, model loaded"),
+        "predict-bf16": ("predict.py-bf16", "the same, the model in bf16 (CPU)"),
     }
-    rows = [[*how[name], f"{rate[name]:.1f}", f"{1000 / rate[name]:.1f}", f"{accuracy[name]:.1%}"] for name in how]
+    rows = [[*how[name], f"{rate[name]:.1f}", f"{1000 / rate[name]:.1f}", f"{accuracy[name]:.1%}"]
+            for name in how if name in rate]
     generated, scored = answers["generation"], answers["scoring"]
     same_as_scoring = sum(p == s for p, s in zip(answers["predict"], scored))
     agree = sum(g == s for g, s in zip(generated, scored))
@@ -127,6 +136,9 @@ def report(
         f"{unparsed} generated answers start with no label word; predict.py gives label scoring's label on "
         f"{same_as_scoring}/{count}",
         "speedup per round (scoring / generation): " + ", ".join(f"{ratio:.2f}" for ratio in per_round),
+        *([f"predict_bf16_vs_fp32: {rate['predict-bf16'] / rate['predict']:.2f} (reviews/s in bf16 over fp32; "
+           f"bf16 gives fp32's label on {sum(b == f for b, f in zip(answers['predict-bf16'], answers['predict']))}"
+           f"/{count})"] if "predict-bf16" in rate else []),
         f"speedup_vs_original: {rate['scoring'] / rate['generation']:.2f}",
     ]
 
@@ -200,7 +212,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "run_test.py (default: the training run's, else the default recipe's)")
     parser.add_argument("--rounds", type=whole_number(), default=2,
                         help="rounds; each times both methods over all reviews")
-    parser.add_argument("--fp32", action="store_true", help="compute in fp32 even on a device with native bf16")
+    add_dtype_flag(parser)
     parser.add_argument("--norm_head_cache", action="store_true",
                         help="time NormHead's cached normalised weight against none on the cpu preset instead (fp32)")
     return parser.parse_args(argv)

@@ -3,6 +3,7 @@
     python tools/fetch_assets.py                # waimai_10k.csv and the Baichuan2 tokenizer.model
     python tools/fetch_assets.py tokenizer      # one of them
     python tools/fetch_assets.py --optional     # a failed fetch is one warning line, exit 0 (the test command)
+    python tools/fetch_assets.py waimai --print_path   # only the verified file's path on stdout (make demo)
 
 A file already in data/, or in the shared folder (SHARED_DIR, default ../shared), is not fetched again.
 WAIMAI_URL replaces the CSV's download address; HF_ENDPOINT (a mirror) and HF_HUB_OFFLINE are huggingface_hub's own.
@@ -82,8 +83,9 @@ def download_tokenizer(dest: Path) -> None:
         shutil.copyfileobj(source_file, out)
 
 
-def fetch(asset: Asset, data_dir: Path = DATA_DIR) -> str:
-    """Make sure the asset is in place; the line that says what was done. Raises DataError naming what to do."""
+def fetch(asset: Asset, data_dir: Path = DATA_DIR) -> tuple[Path, str]:
+    """Make sure the asset is in place: where it is (data/ or the shared folder), and the line that says what was
+    done. Raises DataError naming what to do."""
     dest = data_dir / asset.path
     found = find_asset(asset, data_dir)
     if found is not None:
@@ -91,7 +93,7 @@ def fetch(asset: Asset, data_dir: Path = DATA_DIR) -> str:
         if digest != asset.sha256:
             raise DataError(f"{found}: not the expected file (sha256 {digest}, expected {asset.sha256}); "
                             f"move it away and run `{asset.fetch_command}` again")
-        return f"{asset.path}: found at {found} (sha256 verified)"
+        return found, f"{asset.path}: found at {found} (sha256 verified)"
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         if asset.name == "waimai":
@@ -101,7 +103,7 @@ def fetch(asset: Asset, data_dir: Path = DATA_DIR) -> str:
             download_tokenizer(dest)
     except DataError as error:
         raise DataError(f"{error}; or copy the published file (sha256 {asset.sha256[:12]}…) to {dest}") from None
-    return f"{asset.path}: fetched to {dest} (sha256 verified)"
+    return dest, f"{asset.path}: fetched to {dest} (sha256 verified)"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,25 +114,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--optional", action="store_true",
                         help="report a failed fetch as a warning and exit 0 (the tests that need it are skipped)")
     parser.add_argument("--data_dir", type=Path, default=DATA_DIR, help="where fetched files go")
+    parser.add_argument("--print_path", action="store_true",
+                        help="print only the verified file's path on stdout (the status line goes to stderr), for "
+                             "the next step to read that file: the one found in the shared folder, or data/'s")
     args = parser.parse_args(argv)
     unknown = [name for name in args.assets if name not in ASSETS]
     if unknown:
         parser.error(f"unknown asset {unknown[0]!r}; choose from {', '.join(ASSETS)}")
+    if args.print_path and (len(args.assets) != 1 or args.optional):
+        parser.error("--print_path needs exactly one asset, and no --optional")
     return args
 
 
 def warn_if_missing(asset: Asset, data_dir: Path) -> int:
     """--optional: fetch the asset, or say in one warning line that the tests that need it will be skipped."""
     try:
-        print(fetch(asset, data_dir), flush=True)
+        print(fetch(asset, data_dir)[1], flush=True)
     except (DataError, OSError) as error:
         print(f"warning: {asset.path} missing, the tests that need it will be skipped: {error}", file=sys.stderr,
               flush=True)
     return 0
 
 
-def fetch_and_say(asset: Asset, data_dir: Path) -> int:
-    print(fetch(asset, data_dir), flush=True)
+def fetch_and_say(asset: Asset, data_dir: Path, print_path: bool = False) -> int:
+    """Fetch the asset and say so; with `print_path`, the status goes to stderr and its path alone to stdout."""
+    path, line = fetch(asset, data_dir)
+    print(line, file=sys.stderr if print_path else sys.stdout, flush=True)
+    if print_path:
+        print(path, flush=True)
     return 0
 
 
@@ -138,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     codes = [
         warn_if_missing(ASSETS[name], args.data_dir) if args.optional
-        else report_errors(lambda name=name: fetch_and_say(ASSETS[name], args.data_dir))
+        else report_errors(lambda name=name: fetch_and_say(ASSETS[name], args.data_dir, args.print_path))
         for name in args.assets or ASSETS
     ]
     return max(codes)

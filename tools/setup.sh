@@ -116,11 +116,13 @@ setup_env() {
 
 run_demo() {
     setup_env
-    python tools/fetch_assets.py waimai
+    local csv
+    # the CSV found and verified (data/ or the shared folder) is the one make_data.py splits
+    csv="$(python tools/fetch_assets.py waimai --print_path)"
     if [ -f data/train.jsonl ] && [ -f data/eval.jsonl ]; then
         echo "data/train.jsonl and data/eval.jsonl are in place (remove them to split again)"
     else
-        python make_data.py
+        python make_data.py --csv "$csv"
     fi
     bash ds_run_bf16.sh
     bash run_test.sh

@@ -26,8 +26,10 @@ def test_eval_throughput_compares_generation_with_scoring(bench_files, capsys):
     assert 0 <= float(re.search(r"(\d+\.\d)%", agreement).group(1)) <= 100
     assert "/8)" in agreement  # counted over the 8 reviews asked for
     assert agreement.endswith("predict.py gives label scoring's label on 8/8")
-    for name in ("original", "ours", "predict.py"):
+    for name in ("original", "ours", "predict.py", "predict.py-bf16"):
         assert float(table_row(lines, name).split()[-3]) > 0  # reviews/s
+    bf16 = next(line for line in lines if line.startswith("predict_bf16_vs_fp32: "))  # the CPU's fallback, priced
+    assert float(bf16.split()[1]) > 0 and bf16.endswith("/8)")
 
 
 def test_eval_throughput_times_the_norm_head_cache_on_the_real_vocabulary(bench_files, baichuan_tokenizer_model,

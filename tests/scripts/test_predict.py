@@ -10,20 +10,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import ONE_PROCESS_FLAGS
+from tiny_models import ONE_PROCESS_FLAGS, write_sharded_bin
 
 import predict
 import run_test
 from tuning.data.encode import answer_word
-from tuning.eval import inference, predicting
+from tuning.eval import inference, precision, predicting
 from tuning.eval.evaluate import EvalSettings, encode_eval_data, evaluate_model, prompt_settings
 from tuning.eval.inference import load_for_inference
 from tuning.eval.metrics import classification_metrics
 from tuning.eval.predicting import Classifier
 from tuning.eval.scoring import candidate_ids, label_log_probs
-from tuning.model.baichuan import load_tokenizer
+from tuning.model.baichuan import load_config, load_tokenizer
 from tuning.runtime.devices import Device, compute_dtype, detect_device
 from tuning.runtime.fileio import read_jsonl, write_jsonl
+from tuning.runtime.memory import Room
 from tuning.runtime.paths import REPO_ROOT
 from tuning.train.run import main as train_main
 
@@ -183,7 +184,7 @@ def test_the_cpu_computes_in_fp32_even_with_native_bf16(trained, tmp_path, monke
     output_dir = tmp_path / "outputs"
     assert run_test.main(["--base_model", str(trained["run"]), "--tuned_model", str(trained["run"]),
                           "--eval_data", str(trained["eval"]), "--max_samples", "2", "--num_examples", "1",
-                          "--max_new_tokens", "1", "--output_dir", str(output_dir)]) == 0
+                          "--max_new_tokens", "1", "--output_dir", str(output_dir), "--other_base"]) == 0
     assert json.loads((output_dir / "eval_results.json").read_text(encoding="utf-8"))["dtype"] == "float32"
 
 
@@ -271,3 +272,113 @@ def test_command_line_reads_stdin_and_prints_json_lines(trained):
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [record["review"] for record in records] == trained["reviews"][:3]
     assert all(set(record) == {"review", "label", "probability"} for record in records)
+
+
+@pytest.mark.parametrize("link", ["the same path", "a symlink", "a hard link"])
+def test_the_output_is_never_the_input(trained, tmp_path, monkeypatch, capsys, link):
+    reviews = tmp_path / "r.jsonl"
+    write_jsonl(reviews, [{"id": index, "review": review} for index, review in enumerate(trained["reviews"][:3])])
+    before = reviews.read_bytes()
+    output = {"the same path": reviews, "a symlink": tmp_path / "link.jsonl", "a hard link": tmp_path / "hard.jsonl"}[link]
+    if link == "a symlink":
+        output.symlink_to(reviews)
+    elif link == "a hard link":
+        output.hardlink_to(reviews)
+    code, printed, err = predict_main(["--model", str(trained["run"]), "--input", str(reviews), "--output",
+                                       str(output)], monkeypatch, capsys)
+    assert (code, printed) == (2, [])
+    assert err == (f"error: --output {output}: is the input file {reviews} (or a link to it), which it would "
+                   "replace; choose another name\n")
+    assert reviews.read_bytes() == before
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_model_loads(trained, tmp_path, monkeypatch, capsys):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output path was checked")
+
+    monkeypatch.setattr(predicting.Classifier, "load", no_loading)
+    (tmp_path / "folder.jsonl").mkdir()
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    cases = {
+        tmp_path / "folder.jsonl": "is a folder; name a .jsonl or .csv file",
+        tmp_path / "a-file" / "out.csv": f"{tmp_path / 'a-file'} is not a folder",
+    }
+    for output, problem in cases.items():
+        code, printed, err = predict_main(["--model", str(trained["run"]), "--output", str(output), "好吃"],
+                                          monkeypatch, capsys)
+        assert (code, printed, err) == (2, [], f"error: --output {output}: {problem}\n")
+
+
+def test_a_huge_batch_size_is_cut_to_what_fits(trained, monkeypatch, capsys):
+    reviews = trained["reviews"][:6]
+    model = ["--model", str(trained["run"])]
+    _, expected, _ = predict_main([*model, *reviews], monkeypatch, capsys)
+    code, records, err = predict_main([*model, "--batch_size", "100000000", *reviews], monkeypatch, capsys)
+    assert code == 0 and "--batch_size" not in err  # no more than the 6 reviews per pass: nothing to say
+    assert records == expected
+
+    # room for the fp32 weights, the fixed margin and two reviews of MAX_LENGTH tokens (an upper bound) at a time
+    parameters = inference.inference_setup("auto", [trained["run"]]).parameters
+    per_review = precision.review_bytes(load_config(trained["run"]), MAX_LENGTH, torch.float32)
+    room = parameters * 4 + precision.FIXED_MARGIN + 2 * per_review
+    monkeypatch.setattr(inference, "available_memory", lambda: Room(room, "MemAvailable"))
+    code, records, err = predict_main([*model, "--batch_size", "100000000", *reviews], monkeypatch, capsys)
+    assert code == 0 and records == expected
+    cut = [line for line in err.splitlines() if line.startswith("note: --batch_size 100000000 cut to ")]
+    assert len(cut) == 1 and "would not fit beside the weights" in cut[0]
+    assert 2 <= int(cut[0].split()[5].rstrip(":")) < len(reviews)
+
+
+def test_the_cpu_falls_back_to_bf16_or_refuses_before_loading(trained, monkeypatch, capsys):
+    setup = inference.inference_setup("auto", [trained["run"]])
+    fp32, bf16 = (precision.needed_bytes(setup.parameters, dtype) for dtype in (torch.float32, torch.bfloat16))
+    model = ["--model", str(trained["run"])]
+    monkeypatch.setattr(inference, "available_memory", lambda: Room(fp32 - 1, "cgroup limit"))
+    code, records, err = predict_main([*model, "好吃"], monkeypatch, capsys)
+    assert code == 0 and records[0]["label"] in LABEL_WORDS
+    assert f"note: the model {trained['run']} needs " in err and "computing in bf16" in err
+    assert "(cpu, bfloat16)" in err
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a weight was read")
+
+    monkeypatch.setattr(predicting.Classifier, "load", no_loading)
+    monkeypatch.setattr(inference, "available_memory", lambda: Room(bf16 - 1, "cgroup limit"))
+    code, printed, err = predict_main([*model, "好吃"], monkeypatch, capsys)
+    assert (code, printed) == (2, [])
+    assert err.startswith(f"error: the model {trained['run']} needs ") and "nothing was loaded" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_dtype_flag_picks_the_precision(trained, monkeypatch, capsys):
+    code, records, err = predict_main(["--model", str(trained["run"]), "--dtype", "bf16", "好吃"], monkeypatch, capsys)
+    assert code == 0 and "(cpu, bfloat16)" in err and records[0]["label"] in LABEL_WORDS
+
+
+def test_an_official_layout_with_bin_shards_and_an_index_loads(trained, tmp_path, monkeypatch, capsys):
+    """pytorch_model-0000N-of-0000M.bin + pytorch_model.bin.index.json, as the official Baichuan2-7B release."""
+    official = sharded_copy(trained["run"], tmp_path / "official")
+    capsys.readouterr()
+    code, records, err = predict_main(["--model", str(official), *trained["reviews"][:3]], monkeypatch, capsys)
+    assert code == 0, err
+    _, expected, _ = predict_main(["--model", str(trained["run"]), *trained["reviews"][:3]], monkeypatch, capsys)
+    assert records == expected
+    assert err.count("note: loading") == 1 and "2 weight files" in err
+
+
+def sharded_copy(model_dir: Path, target: Path) -> Path:
+    """The model saved again as two .bin shards and an index, beside its config, tokenizer and run files."""
+    model = load_for_inference(model_dir, detect_device(), torch.float32)
+    shutil.copytree(model_dir, target, ignore=shutil.ignore_patterns("*.safetensors", "checkpoint-*"))
+    write_sharded_bin(model.state_dict(), target, shards=2)
+    return target
+
+
+def test_a_truncated_weight_file_is_one_line(trained, tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained["run"], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code, printed, err = predict_main(["--model", str(broken), "好吃"], monkeypatch, capsys)
+    assert (code, printed) == (2, []) and err.startswith(f"error: {weights}: damaged or truncated weight file (")
+    assert err.count("\n") == 1

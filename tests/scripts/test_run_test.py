@@ -5,14 +5,17 @@ import os
 import shutil
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
+from tiny_models import write_sharded_bin
 
 from run_test import main
 from tuning.data.prompt import PromptFormat
+from tuning.eval import evaluate
 from tuning.eval.evaluate import PROMPT_SETTINGS
-from tuning.model.baichuan import BaichuanConfig, load_tokenizer
+from tuning.model.baichuan import BaichuanConfig, load_model, load_tokenizer
 from tuning.model.tiny import build_tiny_base
 from tuning.runtime.fileio import write_json, write_jsonl
 from tuning.runtime.paths import REPO_ROOT
@@ -52,9 +55,9 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def run_shell_demo(demo: dict, base_model: Path, *args: str) -> subprocess.CompletedProcess:
+def run_shell_demo(demo: dict, base_model: Path, *args: str, **variables: str) -> subprocess.CompletedProcess:
     """`bash run_test.sh` with DEMO=1, so that it compares the demo models named by the environment."""
-    env = {name: value for name, value in os.environ.items() if name != "MODEL"} | {
+    env = {name: value for name, value in os.environ.items() if name != "MODEL"} | variables | {
         "DEMO": "1",
         "DEMO_BASE_MODEL": str(base_model),
         "DEMO_OUTPUT_DIR": str(demo["train_output_dir"]),
@@ -261,3 +264,68 @@ def test_bad_prompt_settings_are_named(demo, tmp_path, capsys, flags, manifest_t
     assert code == 2
     assert not (tmp_path / "outputs").exists()
     assert capsys.readouterr().err.strip().startswith("error: " + message.replace("{manifest}", str(manifest)))
+
+
+def test_dtype_variable_sets_the_precision(demo):
+    output_dir = demo["root"] / "bf16-outputs"
+    result = run_shell_demo(demo, demo["base"], "--output_dir", str(output_dir), "--num_examples", "1",
+                            "--max_new_tokens", "1", DTYPE="bf16")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((output_dir / "eval_results.json").read_text(encoding="utf-8"))["dtype"] == "bfloat16"
+
+
+@pytest.fixture
+def run_trained_from(demo, tmp_path):
+    """`run_trained_from(base)`: a training output folder whose run_manifest.json records `base` as its base model."""
+    def make(base: Path) -> Path:
+        folder = tmp_path / "recorded"
+        shutil.copytree(demo["train_output_dir"] / "checkpoint-3", folder / "checkpoint-3")
+        write_json(folder / "run_manifest.json", {"model": str(base.resolve())})
+        return folder
+    return make
+
+
+def test_another_base_than_the_recorded_one_is_refused_unless_asked_for(demo, run_trained_from, tmp_path, capsys):
+    recorded = demo["root"] / "the-real-base"
+    folder = run_trained_from(recorded)
+    flags = ["--base_model", str(demo["base"]), "--train_output_dir", str(folder), "--eval_data",
+             str(demo["eval_data"]), "--output_dir", str(tmp_path / "outputs"), "--num_examples", "1",
+             "--max_new_tokens", "1"]
+    assert main(flags) == 2
+    assert capsys.readouterr().err == (
+        f"error: --base_model {demo['base']}: the tuned model {folder / 'checkpoint-3'} was trained from "
+        f"{recorded.resolve()} ({folder / 'run_manifest.json'}); compare with that one, or pass --other_base to "
+        "compare with another base (the same model at another path, too)\n")
+    assert not (tmp_path / "outputs").exists()
+    assert main([*flags, "--other_base"]) == 0
+    write_json(folder / "run_manifest.json", {"model": str(demo["base"].resolve())})
+    assert main(flags) == 0  # the recorded base itself
+
+
+def test_the_two_models_are_never_held_at_once(demo, tmp_path, monkeypatch):
+    loaded = []
+
+    def load_alone(model_dir, device, dtype):
+        assert all(model() is None for model in loaded), "the previous model is still in memory"
+        model = load_model(model_dir, dtype)
+        loaded.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(evaluate, "load_for_inference", load_alone)
+    _compare(demo, demo["train_output_dir"], tmp_path / "outputs")
+    assert len(loaded) == 2
+
+
+def test_an_official_layout_base_with_bin_shards_loads(demo, tmp_path):
+    """The base as the official Baichuan2-7B release ships it: two .bin shards and pytorch_model.bin.index.json."""
+    official = tmp_path / "Baichuan2-7B-Base"
+    shutil.copytree(demo["base"], official, ignore=shutil.ignore_patterns("*.safetensors"))
+    write_sharded_bin(load_model(demo["base"]).state_dict(), official, shards=2)
+    result = run_script("--base_model", str(official), "--train_output_dir", str(demo["train_output_dir"]),
+                        "--eval_data", str(demo["eval_data"]), "--output_dir", str(tmp_path / "outputs"),
+                        "--num_examples", "1", "--max_new_tokens", "1")
+    assert result.returncode == 0, result.stderr
+    assert f"note: loading {official}: 2 weight files" in result.stderr
+    payload = json.loads((tmp_path / "outputs" / "eval_results.json").read_text(encoding="utf-8"))
+    reference = _compare(demo, demo["train_output_dir"], tmp_path / "reference")
+    assert payload["models"]["base"]["scoring"]["accuracy"] == reference["models"]["base"]["scoring"]["accuracy"]

@@ -152,6 +152,28 @@ def test_assets_in_the_shared_folder_are_used_and_checked(waimai_csv, tmp_path, 
     assert code == 2 and err.count("\n") == 1 and "not the expected file" in err and "move it away" in err
 
 
+def test_the_demo_splits_the_csv_that_the_asset_step_found(waimai_csv, repo_root, tmp_path, capsys):
+    """make demo in a fresh clone with ../shared beside it: make_data.py reads the CSV found there, not data/'s."""
+    shared = tmp_path / "shared" / "data"
+    shared.mkdir(parents=True)
+    shutil.copyfile(waimai_csv, shared / "waimai_10k.csv")
+    code, out, err = fetch(capsys, "waimai", "--print_path", "--data_dir", tmp_path / "data")
+    assert code == 0 and out == f"{shared / 'waimai_10k.csv'}\n" and "sha256 verified" in err
+    run_demo = (repo_root / "tools" / "setup.sh").read_text(encoding="utf-8").split("run_demo() {")[1].split("\n}")[0]
+    assert 'csv="$(python tools/fetch_assets.py waimai --print_path)"' in run_demo
+    assert 'python make_data.py --csv "$csv"' in run_demo
+    result = subprocess.run([sys.executable, str(repo_root / "make_data.py"), "--csv", out.strip(), "--output_dir",
+                             str(tmp_path / "split")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "split" / "train.jsonl").is_file() and (tmp_path / "split" / "eval.jsonl").is_file()
+
+
+def test_print_path_takes_one_asset(capsys):
+    with pytest.raises(SystemExit):
+        fetch_assets.main(["--print_path"])
+    assert "--print_path needs exactly one asset" in capsys.readouterr().err
+
+
 def test_missing_assets_are_named_in_the_test_summary(repo_root, tmp_path):
     """A suite without the assets says which tests it skipped and the command that fetches each asset."""
     clone = tmp_path / "clone"

@@ -9,10 +9,13 @@ import threading
 import time
 
 import pytest
+import torch
 from serve_client import REPO_ROOT, classify, serve_process
 
 import serve
+from tuning.eval import inference, precision
 from tuning.runtime.errors import DataError
+from tuning.runtime.memory import Room
 from tuning.serve import server
 from tuning.serve.flags import parse_args
 
@@ -109,3 +112,14 @@ def test_the_default_model_is_predict_pys_and_use_lora_picks_the_lora_runs(tuned
     monkeypatch.setenv("USE_LORA", "false")
     with pytest.raises(DataError, match=f"no tuned model in {missing};"):
         server.run(args)
+
+
+def test_both_compared_models_must_fit_together_before_any_loads(tuned_run, monkeypatch, capsys):
+    assert parse_args(["--dtype", "bf16"]).dtype == "bf16" and parse_args([]).dtype == "auto"
+    one_model = inference.inference_setup("auto", [tuned_run["run"]]).parameters
+    room = precision.needed_bytes(one_model, torch.bfloat16)  # one model fits in bf16, two in no precision
+    monkeypatch.setattr(inference, "available_memory", lambda: Room(room, "MemAvailable"))
+    assert serve.main(["--model", str(tuned_run["run"]), "--compare", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tuned_run['run']} and {tuned_run['base']} together needs ") and err.count("\n") == 1
+    assert "nothing was loaded" in err

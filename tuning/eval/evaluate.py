@@ -93,7 +93,8 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Label scoring over the eval records (accuracy etc.), then greedy generation (answers, parse rate).
 
-    The eval file is read and encoded before the weights are loaded, so a bad record is reported at once.
+    The eval file is read and encoded before the weights are loaded, so a bad record is reported at once. The model
+    is not kept: it is freed on return (run_test.py loads the next one only then).
     """
     tokenizer, prompt_format, split = encode_eval_data(model_dir, eval_data, settings)
     prompts, gold, label_words = split.prompts(), split.answers, prompt_format.label_words

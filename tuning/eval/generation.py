@@ -1,10 +1,10 @@
 """Greedy generation for many prompts: batched, left-padded, cut at the first eos; parsing answers to label words."""
 
 import torch
-from rich.progress import track
 from transformers import GenerationConfig
 
 from tuning.eval.batching import eval_mode, left_pad, length_sorted_batches
+from tuning.eval.progress import reported
 
 
 def greedy_config(max_new_tokens: int, pad_token_id: int, eos_token_id: int) -> GenerationConfig:
@@ -38,7 +38,7 @@ def greedy_generate(
     answers: list[list[int]] = [[] for _ in prompts]
     batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size)
     with eval_mode(model):
-        for batch in track(batches, description="generation", disable=not progress):
+        for batch in reported(batches, "generation", progress):
             input_ids, attention_mask = left_pad([prompts[index] for index in batch], pad_token_id, device)
             output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
             for row, index in enumerate(batch):

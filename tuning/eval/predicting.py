@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import IO
 
 import torch
-from rich.console import Console
 
 from tuning.data.prompt import PromptFormat, prompt_format_from_flags
 from tuning.data.waimai_csv import clean_review, csv_records, decode_csv
 from tuning.eval.evaluate import prompt_settings
 from tuning.eval.inference import inference_setup, load_for_inference
+from tuning.eval.output_paths import check_output_file
 from tuning.eval.scoring import candidate_ids, label_log_probs
 from tuning.model.baichuan import (
     BaichuanConfig,
@@ -69,12 +69,6 @@ def find_model(given: Path | None, default_runs: Sequence[Path]) -> Path:
     raise DataError(
         f"no tuned model in {' or '.join(str(run) for run in default_runs)}; {HOW_TO_TRAIN}, or pass --model"
     )
-
-
-def check_output_name(path: Path) -> Path:
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(f"--output {path}: the name must end in .jsonl or .csv")
-    return path
 
 
 def clean_reviews(texts: Iterable[str]) -> Reviews:
@@ -166,11 +160,16 @@ class Classifier:
 
     def classify(self, reviews: list[str], progress: bool = False) -> Predictions:
         """Label scoring as in run_test.py: the label word with the highest log-probability after the prompt."""
-        prompts, truncated = self.prompts(reviews)
+        return self.classify_prompts(reviews, *self.prompts(reviews), progress=progress)
+
+    def classify_prompts(
+        self, reviews: list[str], prompts: list[list[int]], truncated: int, progress: bool = False
+    ) -> Predictions:
+        """classify() for reviews whose prompts (and how many were cut) are already known; with `progress`, the
+        count and the time left go to stderr now and then."""
         scores = label_log_probs(
             self.model, prompts, candidate_ids(self.prompt_format, self.tokenizer), self.model.config.pad_token_id,
-            self.batch_size,
-            progress=progress, progress_console=Console(stderr=True),
+            self.batch_size, progress=progress,
         )
         probabilities = scores.softmax(dim=-1)
         best, chosen = probabilities.max(dim=-1)
@@ -203,16 +202,20 @@ def predict(
     output: Path | None,
     model: Path | None,
     batch_size: int,
-    fp32: bool,
+    dtype: str,
     stdin: IO[bytes],
     stdout: IO[str],
 ) -> int:
     """predict.py: the reviews given (else those of `input_file`, else of stdin) labelled by `model` (else the latest
-    tuned run, see find_model), as JSON lines to `stdout` or to the file `output`; notes go to stderr."""
+    tuned run, see find_model), as JSON lines to `stdout` or to the file `output`; notes go to stderr.
+
+    Everything that can be checked is checked before the weights load: the output path, the model folder, the
+    reviews, and whether the model fits in memory in the precision `dtype` (a --dtype choice) asks for.
+    """
     if reviews and input_file:
         raise DataError("give reviews as arguments or with --input FILE, not both")
     if output:
-        check_output_name(output)
+        check_output_file(output, "--output", OUTPUT_SUFFIXES, input_file)
     model_dir = check_model_dir(find_model(model, default_run_dirs(use_lora_from_environment())))
     if reviews:
         given = clean_reviews(reviews)
@@ -224,12 +227,17 @@ def predict(
         if stdin.isatty():
             print("reading reviews from stdin, one per line; end with Ctrl-D", file=sys.stderr)
         given = read_stdin(stdin)
-    setup = inference_setup(fp32)
+    setup = inference_setup(dtype, [model_dir])
     classifier = Classifier.load(model_dir, setup.device, setup.dtype, batch_size)
     shown = model_dir.relative_to(Path.cwd()) if model_dir.is_relative_to(Path.cwd()) else model_dir
     print(f"model {shown} ({setup.describe()}), label words {','.join(classifier.prompt_format.label_words)}: "
           f"{len(given.texts)} reviews", file=sys.stderr)
-    predictions = classifier.classify(given.texts, progress=input_file is not None)
+    prompts, truncated = classifier.prompts(given.texts)
+    longest_answer = max(len(ids) for ids in candidate_ids(classifier.prompt_format, classifier.tokenizer))
+    classifier.batch_size = setup.batch_size(
+        batch_size, len(prompts), classifier.model.config, max(map(len, prompts)) + longest_answer
+    )
+    predictions = classifier.classify_prompts(given.texts, prompts, truncated, progress=input_file is not None)
     if given.empty:
         print(f"skipped {given.empty} empty reviews", file=sys.stderr)
     if predictions.truncated:

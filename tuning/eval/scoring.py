@@ -1,11 +1,10 @@
 """Label scoring: the log-probability of each answer word right after each prompt, batched and padding-aware."""
 
 import torch
-from rich.console import Console
-from rich.progress import track
 
 from tuning.data.prompt import PromptFormat
 from tuning.eval.batching import eval_mode, left_pad, length_sorted_batches, position_ids_from_mask
+from tuning.eval.progress import reported
 
 
 def candidate_ids(prompt_format: PromptFormat, tokenizer) -> list[list[int]]:
@@ -21,13 +20,12 @@ def label_log_probs(
     pad_token_id: int,
     batch_size: int = 16,
     progress: bool = False,
-    progress_console: Console | None = None,
 ) -> torch.Tensor:
     """Total log-probability of each candidate's tokens after each prompt: fp32, shape [len(prompts), len(candidates)].
 
     One forward pass over a batch of left-padded prompts scores the first token of every candidate; candidates
-    longer than one token are finished by a second pass that reuses the prompts' KV cache. The progress bar goes to
-    `progress_console` (default: rich's, on stdout).
+    longer than one token are finished by a second pass that reuses the prompts' KV cache. With `progress`, the count
+    and the time left go to stderr now and then.
     """
     if not candidates or any(len(candidate) == 0 for candidate in candidates):
         raise ValueError("every candidate needs at least one token")
@@ -35,7 +33,7 @@ def label_log_probs(
     scores = torch.empty(len(prompts), len(candidates), dtype=torch.float32)
     batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size)
     with eval_mode(model):
-        for batch in track(batches, description="label scoring", disable=not progress, console=progress_console):
+        for batch in reported(batches, "label scoring", progress):
             batch_prompts = [prompts[index] for index in batch]
             scores[torch.tensor(batch)] = _score_batch(model, batch_prompts, candidates, pad_token_id, device)
     return scores

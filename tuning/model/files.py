@@ -94,7 +94,12 @@ def weights_bytes(folder: str | Path, dtype: "torch.dtype") -> int:
 
 def size_in(shapes: dict[str, tuple[int, ...]], dtype: "torch.dtype") -> int:
     """Bytes that tensors of these shapes take in `dtype`."""
-    return sum(math.prod(shape) for shape in shapes.values()) * dtype.itemsize
+    return parameter_count(shapes) * dtype.itemsize
+
+
+def parameter_count(shapes: dict[str, tuple[int, ...]]) -> int:
+    """How many numbers tensors of these shapes hold."""
+    return sum(math.prod(shape) for shape in shapes.values())
 
 
 def missing_adapter_files(folder: str | Path) -> list[str]:

@@ -143,6 +143,11 @@ def compute_dtype(device: Device, want_bf16: bool, want_fp16: bool = False) -> t
     return torch.float16 if want_fp16 else torch.float32
 
 
+def free_memory_bytes(device: Device) -> int | None:
+    """Free memory on this process's current card (`mem_get_info`); None on the CPU (see tuning.runtime.memory)."""
+    return None if device.kind == "cpu" else int(device.module().mem_get_info()[0])
+
+
 def reset_peak_memory(device: Device) -> None:
     if device.kind != "cpu":
         device.module().reset_peak_memory_stats()

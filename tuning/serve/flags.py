@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from tuning.eval.flags import add_dtype_flag
 from tuning.runtime.cli import HelpFormatter, whole_number
 
 
@@ -15,7 +16,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "reference, GET /health the model and device. Requests that arrive together are scored together (up "
             "to --batch_size reviews). With SERVE_API_KEY set, every path but /health needs the header "
             "'Authorization: Bearer <key>'. Ctrl-C or SIGTERM finishes the requests in flight, then exits 0. Runs "
-            "on the NPU or GPU when there is one (bf16), else on the CPU (fp32)."
+            "on the NPU or GPU when there is one, else on the CPU, in the precision --dtype chooses (as predict.py; "
+            "with --compare both models must fit at once)."
         ),
         formatter_class=HelpFormatter,
     )
@@ -36,6 +38,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_wait_ms", type=whole_number(0), default=5,
                         help="how long the first request of a batch waits for others to join it")
     parser.add_argument("--max_reviews", type=whole_number(1), default=256, help="most reviews in one request")
-    parser.add_argument("--fp32", action="store_true",
-                        help="compute in fp32 even on an accelerator with native bf16")
+    add_dtype_flag(parser)
     return parser.parse_args(argv)

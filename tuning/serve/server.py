@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir = find_model(args.model, default_run_dirs(use_lora_from_environment()))
     base_dir = (args.base_model or base_model_of(model_dir)) if args.compare else None
     sock = bind(args.host, args.port)
-    setup = inference_setup(args.fp32)
+    setup = inference_setup(args.dtype, [model_dir, base_dir] if base_dir else [model_dir], together=True)
     models = load_models(model_dir, base_dir, setup.device, setup.dtype, args.batch_size)
     settings = ServeSettings(args.max_reviews, args.batch_size, args.batch_wait_ms / 1000, api_key)
     app = create_app(models, settings)

@@ -7,11 +7,11 @@ from pathlib import Path
 import torch
 
 from tuning.data.prompt import PromptFormat
+from tuning.eval.comparison import recorded_base_model
 from tuning.eval.predicting import Classifier
-from tuning.run_layout import MANIFEST_NAME, run_folder_of
+from tuning.run_layout import MANIFEST_NAME
 from tuning.runtime.devices import Device
 from tuning.runtime.errors import DataError
-from tuning.runtime.fileio import read_json
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,10 @@ class ServedModels:
 
 def base_model_of(model_dir: Path) -> Path:
     """The base model a tuned model was trained from, as its run folder's run_manifest.json records it."""
-    manifest = run_folder_of(model_dir) / MANIFEST_NAME
-    if not manifest.is_file():
+    recorded = recorded_base_model(model_dir)
+    if recorded is None:
         raise DataError(f"--compare: {model_dir} has no {MANIFEST_NAME} naming its base model; pass --base_model DIR")
-    base = Path(read_json(manifest)["model"])
+    manifest, base = recorded
     if not base.is_dir():
         raise DataError(f"--compare: the base model {base} recorded in {manifest} is not there; pass --base_model DIR")
     return base
