@@ -54,6 +54,14 @@ if [ ! -f "$TRAIN_DATA" ]; then
     exit 2
 fi
 CONFIG="${CONFIG:-$DEFAULT_CONFIG}"
+if [ ! -f "$CONFIG" ]; then
+    echo "error: CONFIG=${CONFIG}: recipe file not found (see configs/)" >&2
+    exit 2
+fi
+mkdir -p "$TRAIN_OUTPUT_DIR"
+# One launch per output folder: a second one stops here, before any process starts (docs/guarantees.md). With
+# NODE_RANK the launch on node 0 holds the lock for every machine.
+if [ "${NODE_RANK:-0}" = 0 ]; then waimai_lock_output_dir "$TRAIN_OUTPUT_DIR" || exit; fi
 if [ "$DEMO" = 1 ]; then
     # The demo's settings were measured with 2 processes; its global batch stays 32 on any count. With a hostfile
     # its slots say how many processes each machine runs.
@@ -67,10 +75,6 @@ else
     if [ "$LORA" = 1 ] && [ -z "${HOSTFILE:-}" ]; then
         : "${NUM_DEVICES:=1}"  # LoRA trains the 7B on one card; NUM_DEVICES=N DS_CONFIG=ds_config_bf16.json: ZeRO-2
     fi
-fi
-if [ ! -f "$CONFIG" ]; then
-    echo "error: CONFIG=${CONFIG}: recipe file not found (see configs/)" >&2
-    exit 2
 fi
 
 # The launcher's own choices that train.py takes as flags: only those that are set.
@@ -97,7 +101,7 @@ if [ -n "${HOSTFILE:-}" ]; then
         launcher+=(--no_ssh --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR")
     else
         environment_file="$(mktemp "${TMPDIR:-/tmp}/waimai-deepspeed-env.XXXXXX")"
-        trap 'rm -f "$environment_file"' EXIT
+        waimai_on_exit 'rm -f "$environment_file"'
         waimai_forward_environment "$environment_file"
     fi
 elif [ "$DEVICE_KIND" = cpu ]; then
@@ -110,7 +114,6 @@ else
     launcher+=(--num_gpus "${NUM_DEVICES:-$DEVICE_COUNT}")
 fi
 
-mkdir -p "$TRAIN_OUTPUT_DIR"
 log="$TRAIN_OUTPUT_DIR/train_$(date +%Y%m%d-%H%M%S)${NODE_RANK:+_node$NODE_RANK}.log"
 echo "device: ${DEVICE_KIND} (${DEVICE_BACKEND}); recipe ${CONFIG}; ${BASE_MODEL} -> ${TRAIN_OUTPUT_DIR}; log ${log}"
 "${launcher[@]}" train.py "$CONFIG" \

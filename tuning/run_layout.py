@@ -44,7 +44,6 @@ ADAPTER_DIR = "adapter"  # a LoRA run's adapter alone, beside the merged model
 CHECKSUMS_NAME = "checkpoint_sha256.json"  # in each checkpoint-N: the SHA-256 of its files, written after the save
 FINAL_STAGING = ".final-staging"  # the final model is written here, then moved into the run folder
 TOKENIZER_FILE = "tokenizer.model"
-LOCK_NAME = ".run.lock"  # held by the launch training in the folder (tuning/runtime/lock.py)
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 # USE_LORA's values, as train.py's --use_lora reads them
 TRUE_WORDS, FALSE_WORDS = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0", "")

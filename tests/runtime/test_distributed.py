@@ -19,7 +19,8 @@ def _outcome(work) -> str:
         return f"DataError {error}"
 
 
-def _process(rank: int, workdir: Path) -> None:
+def _process(rank: int, workdir: Path, refusal: str) -> None:
+    """Two decisions that succeed, then the refusal `refusal` (rank 0's decision, or a folder each rank sees alone)."""
     dist.init_process_group("gloo", init_method=f"file://{workdir / 'store'}", rank=rank, world_size=2)
     calls = workdir / "calls"
 
@@ -32,25 +33,36 @@ def _process(rank: int, workdir: Path) -> None:
 
     outcomes = {
         "decision": _outcome(lambda: decided_by_main(lambda: decide("resume from checkpoint-10"))),
-        "refusal": _outcome(lambda: decided_by_main(lambda: decide("refuse"))),
         "shared": _outcome(lambda: check_shared_output_dir(workdir / "shared")),
-        "per_rank": _outcome(lambda: check_shared_output_dir(workdir / f"folder-of-rank-{rank}")),
     }
+    if refusal == "decision":
+        outcomes["refusal"] = _outcome(lambda: decided_by_main(lambda: decide("refuse")))
+    else:
+        outcomes["refusal"] = _outcome(lambda: check_shared_output_dir(workdir / f"folder-of-rank-{rank}"))
+    outcomes["left_the_group"] = not dist.is_initialized()  # together, so that no process aborts at exit
     (workdir / f"rank{rank}.json").write_text(json.dumps(outcomes), encoding="utf-8")
-    dist.destroy_process_group()
+
+
+def _outcomes(workdir: Path, refusal: str) -> list[dict]:
+    workdir.mkdir()
+    mp.spawn(_process, args=(workdir, refusal), nprocs=2, join=True)
+    return [json.loads((workdir / f"rank{rank}.json").read_text(encoding="utf-8")) for rank in (0, 1)]
 
 
 def test_rank_0_decides_once_and_every_process_gets_its_answer_or_its_error(tmp_path):
-    mp.spawn(_process, args=(tmp_path,), nprocs=2, join=True)
-    outcomes = [json.loads((tmp_path / f"rank{rank}.json").read_text(encoding="utf-8")) for rank in (0, 1)]
-    assert (tmp_path / "calls").read_text(encoding="utf-8").split() == ["0", "0"]  # one call per decision
+    outcomes = _outcomes(tmp_path / "decision", "decision")
+    assert (tmp_path / "decision" / "calls").read_text(encoding="utf-8").split() == ["0", "0"]  # one per decision
     for outcome in outcomes:
-        assert outcome["decision"] == "ok resume from checkpoint-10"
-        assert outcome["refusal"] == f"DataError {tmp_path} holds another run"
-        assert outcome["shared"] == "ok None"
-    assert [outcome["per_rank"] for outcome in outcomes] == [
-        f"DataError --output_dir {tmp_path / f'folder-of-rank-{rank}'} is not one shared folder: rank 1 on "
-        f"{socket.gethostname()} cannot see the files rank 0 writes there; OUTPUT_DIR must be on a "
-        "file system shared by all machines"
+        assert outcome == {"decision": "ok resume from checkpoint-10", "shared": "ok None",
+                           "refusal": f"DataError {tmp_path / 'decision'} holds another run", "left_the_group": True}
+
+
+def test_a_folder_that_is_not_shared_is_an_error_on_every_process(tmp_path):
+    workdir = tmp_path / "per-rank"
+    outcomes = _outcomes(workdir, "per_rank")
+    assert [(outcome["refusal"], outcome["left_the_group"]) for outcome in outcomes] == [
+        (f"DataError --output_dir {workdir / f'folder-of-rank-{rank}'} is not one shared folder: rank 1 on "
+         f"{socket.gethostname()} cannot see the files rank 0 writes there; OUTPUT_DIR must be on a "
+         "file system shared by all machines", True)
         for rank in (0, 1)
     ]

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -106,4 +107,51 @@ def test_release_leaves_another_runs_lock_alone(tmp_path):
     lock = FolderLock.take(path)
     _write_lock(path, host="node-7", pid=1, token="theirs")  # as if taken over after this run was judged stale
     lock.release()
+    assert json.loads(path.read_text(encoding="utf-8"))["token"] == "theirs"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuning.runtime.lock", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+
+def test_a_launchers_lock_passes_to_the_process_with_its_token_and_to_no_other(tmp_path):
+    path = tmp_path / lock_module.LOCK_NAME
+    taken = _cli("take", str(tmp_path), "--pid", str(os.getpid()))  # a launcher takes it for its own process
+    assert taken.returncode == 0 and taken.stderr == ""
+    token = taken.stdout.strip()
+    assert json.loads(path.read_text(encoding="utf-8"))["pid"] == os.getpid()
+    with pytest.raises(DataError, match="in use by another run"):
+        FolderLock.take(path, adopt="0123456789abcdef")
+    lock = FolderLock.take(path, adopt=token)
+    assert lock.note is None and json.loads(path.read_text(encoding="utf-8"))["token"] == token
+    second = _cli("take", str(tmp_path))
+    assert second.returncode == 2 and second.stdout == ""
+    assert second.stderr == (f"error: {tmp_path} is in use by another training run (host {socket.gethostname()}, PID "
+                             f"{os.getpid()}, lock file .run.lock); wait for it to finish or choose another output "
+                             "folder\n")
+    assert _cli("release", str(tmp_path), "--token", "0123456789abcdef").returncode == 0 and path.exists()
+    assert _cli("release", str(tmp_path), "--token", token).returncode == 0 and not path.exists()
+    lock.release()
+
+
+def test_the_launchers_keeper_refreshes_the_lock_until_its_process_ends_or_the_lock_changes_hands(tmp_path,
+                                                                                                    monkeypatch):
+    monkeypatch.setattr(lock_module, "HEARTBEAT_S", 0.01)
+    path = tmp_path / lock_module.LOCK_NAME
+    launcher = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"], stdin=subprocess.PIPE)
+    token = "0123456789abcdef"
+    _write_lock(path, host=socket.gethostname(), pid=launcher.pid, token=token)
+    os.utime(path, (0, 0))
+    keeper = threading.Thread(target=lock_module.keep_fresh, args=(path, token, launcher.pid))
+    keeper.start()
+    deadline = time.monotonic() + 60
+    while path.stat().st_mtime == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert path.stat().st_mtime > 0
+    launcher.communicate(b"\n", timeout=60)
+    keeper.join(timeout=60)
+    assert not keeper.is_alive()  # the launcher is gone: the lock is left to go stale
+    _write_lock(path, host="node-7", pid=4242, token="theirs")
+    lock_module.keep_fresh(path, token, os.getpid())  # returns at once: the lock is another run's now
     assert json.loads(path.read_text(encoding="utf-8"))["token"] == "theirs"

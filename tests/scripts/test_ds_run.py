@@ -30,8 +30,8 @@ from tiny_models import expected_precision
 
 from run_test import main as run_test_main
 from tuning.model.baichuan import load_model
-from tuning.runtime.devices import detect_device
 from tuning.run_layout import CHECKSUMS_NAME, latest_complete_checkpoint
+from tuning.runtime.devices import detect_device
 
 pytestmark = pytest.mark.e2e  # real DeepSpeed launches through ds_run_bf16.sh
 TIMEOUT_S = 240

@@ -4,8 +4,10 @@ The stub records its arguments and the environment it was started with; a stub i
 the device probe where the test needs an NPU or GPU machine. No training runs here (see test_ds_run.py for that).
 """
 
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ RECIPE_VARIABLES = ("LR", "EPOCHS", "BATCH_SIZE", "GLOBAL_BATCH_SIZE", "GRAD_ACC
                     "EVAL_BATCH_SIZE", "LOGGING_STEPS", "WARMUP_RATIO", "WEIGHT_DECAY", "LR_SCHEDULER", "PADDING",
                     "SAVE_STRATEGY", "EVAL_STRATEGY", "BF16", "FP16", "TF32", "SEED", "LORA_RANK", "LORA_ALPHA",
                     "LORA_DROPOUT", "LORA_TARGET")
-RECORDED_ENV = ("DS_ENV_FILE", "DS_ACCELERATOR", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "PYTORCH_NPU_ALLOC_CONF",
+RECORDED_ENV = ("DS_ENV_FILE", "WAIMAI_LAUNCH_LOCK", "DS_ACCELERATOR", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT", "PYTORCH_NPU_ALLOC_CONF",
                 "PYTORCH_CUDA_ALLOC_CONF", "ASCEND_RT_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES", "FAKE_CANN")
 
 
@@ -34,7 +36,8 @@ def machine(tmp_path):
     record.mkdir()
     lines = "".join(f'echo "{name}=${{{name}-<unset>}}" >>"{record}/deepspeed.env"\n' for name in RECORDED_ENV)
     _write_script(bin_dir / "deepspeed", f'printf "%s\\n" "$@" >"{record}/deepspeed.args"\n' + lines +
-                  f'if [ -n "${{DS_ENV_FILE:-}}" ]; then cp "$DS_ENV_FILE" "{record}/deepspeed_env"; fi\n')
+                  f'if [ -n "${{DS_ENV_FILE:-}}" ]; then cp "$DS_ENV_FILE" "{record}/deepspeed_env"; fi\n'
+                  f'if [ -f "$OUTPUT_DIR/.run.lock" ]; then cp "$OUTPUT_DIR/.run.lock" "{record}/lock_at_launch"; fi\n')
     # the probe prints FAKE_DEVICE ("<kind> <count> <backend> <bf16>") and records how it was started; other calls
     # (the launcher's free-port query, the run defaults) go to the real interpreter
     probe = _write_script(tmp_path / "probe-python", f'if [ "$*" != "-m tuning.runtime.devices" ]; then '
@@ -340,7 +343,8 @@ def test_with_a_hostfile_and_ssh_the_settings_reach_every_machine_through_deepsp
     forwarded = _forwarded((machine["record"] / "deepspeed_env").read_text(encoding="utf-8"))
     assert forwarded == {"DS_ACCELERATOR": "npu", "WAIMAI_CPU_BF16": "1", "BAICHUAN_NPU_FUSED_KERNELS": "0",
                          "OMP_NUM_THREADS": "4", "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True",
-                         "HCCL_CONNECT_TIMEOUT": "1200", "HCCL_EXEC_TIMEOUT": "3600", "NCCL_SOCKET_IFNAME": "eth1"}
+                         "HCCL_CONNECT_TIMEOUT": "1200", "HCCL_EXEC_TIMEOUT": "3600", "NCCL_SOCKET_IFNAME": "eth1",
+                         "WAIMAI_LAUNCH_LOCK": _launcher_env(machine)["WAIMAI_LAUNCH_LOCK"]}
     assert not Path(_launcher_env(machine)["DS_ENV_FILE"]).exists()  # a temporary file, removed at the end
     (machine["record"] / "deepspeed_env").unlink()
     result = _launch(repo_root, machine, HOSTFILE=str(hostfile), NODE_RANK="0", MASTER_ADDR="10.0.0.1")
@@ -432,3 +436,48 @@ def test_device_check_adds_the_two_rank_zero2_run_where_there_are_two_devices(re
     else:
         assert pytest_runs[1].startswith("-m pytest -m accelerator -k two_devices tests")
         assert "two_devices: exit 0" in text and "- none for lack of devices" in text
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """Another launch's process holding the output folder's lock until a line arrives on its stdin."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tuning.runtime.lock import LOCK_NAME, FolderLock; "
+                               "from pathlib import Path; FolderLock.take(Path(sys.argv[1]) / LOCK_NAME); "
+                               "print('held', flush=True); sys.stdin.readline()", str(folder)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_the_launch_locks_its_output_folder_for_train_py_and_releases_it_at_the_end(repo_root, machine):
+    result = _launch(repo_root, machine)
+    assert result.returncode == 0, result.stderr
+    token = _launcher_env(machine)["WAIMAI_LAUNCH_LOCK"]
+    assert re.fullmatch(r"[0-9a-f]{16}", token)  # train.py's first process takes the lock over with it
+    holder = json.loads((machine["record"] / "lock_at_launch").read_text(encoding="utf-8"))
+    assert holder["token"] == token and holder["host"] == socket.gethostname()
+    assert not (machine["root"] / "out" / ".run.lock").exists()
+
+
+def test_a_second_launch_into_a_folder_in_use_stops_before_any_process_starts(repo_root, machine):
+    output_dir = machine["root"] / "out"
+    output_dir.mkdir()
+    holder = _hold_lock(output_dir)
+    try:
+        result = _launch(repo_root, machine)
+        on_node_1 = _launch(repo_root, machine, HOSTFILE=str(_two_nodes(machine)), NODE_RANK="1",
+                            MASTER_ADDR="10.0.0.1")
+    finally:
+        holder.communicate("done\n", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {output_dir} is in use by another training run (host {socket.gethostname()}, PID {holder.pid}, lock "
+        "file .run.lock); wait for it to finish or choose another output folder"]
+    # node 0's launch holds the lock for the machines that join it with their NODE_RANK
+    assert on_node_1.returncode == 0, on_node_1.stderr
+    assert _launcher_env(machine)["WAIMAI_LAUNCH_LOCK"] == "<unset>"
+
+
+def _two_nodes(machine: dict) -> Path:
+    hostfile = machine["root"] / "hostfile"
+    hostfile.write_text("nodeA slots=8\nnodeB slots=8\n", encoding="utf-8")
+    return hostfile

@@ -29,7 +29,6 @@ from tuning.model.baichuan import load_model, load_tokenizer
 from tuning.run_layout import (
     CONFIG_NAME,
     FINAL_STAGING,
-    LOCK_NAME,
     MANIFEST_NAME,
     SUMMARY_NAME,
     checksum_problem,
@@ -39,6 +38,7 @@ from tuning.run_layout import (
 )
 from tuning.runtime.devices import detect_device
 from tuning.runtime.errors import DataError
+from tuning.runtime.lock import LOCK_NAME
 from tuning.train.recipe import parse_recipe
 from tuning.train.run import build_trainer, main, run_identity, setup_training_arguments
 from tuning.train.run_folder import check_output_dir, resolve_resume
@@ -388,6 +388,22 @@ def test_a_second_run_into_a_folder_in_use_is_refused_before_the_model_loads(tin
     assert errors == [f"error: {output_dir} is in use by another training run (host {socket.gethostname()}, PID "
                       f"{holder.pid}, lock file {LOCK_NAME}); wait for it to finish or choose another output folder"]
     assert sorted(path.name for path in output_dir.iterdir()) == [LOCK_NAME]  # the holder's; nothing written
+
+
+def test_the_lock_its_launcher_took_passes_to_the_run_and_is_released_at_the_end(tiny_base, data_dir, tmp_path,
+                                                                                   monkeypatch, repo_root):
+    output_dir = tmp_path / "run"
+    output_dir.mkdir()
+    launcher = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline()"], stdin=subprocess.PIPE)
+    try:
+        taken = subprocess.run([sys.executable, "-m", "tuning.runtime.lock", "take", str(output_dir), "--pid",
+                                str(launcher.pid)], capture_output=True, text=True, check=True, cwd=repo_root,
+                               env={**os.environ, "PYTHONPATH": str(repo_root)})
+        monkeypatch.setenv("WAIMAI_LAUNCH_LOCK", taken.stdout.strip())
+        assert main(_flags(tiny_base, data_dir, output_dir, "--max_steps", "1")) == 0
+    finally:
+        launcher.communicate(b"\n", timeout=60)
+    assert (output_dir / SUMMARY_NAME).is_file() and not (output_dir / LOCK_NAME).exists()
 
 
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"),

@@ -83,7 +83,8 @@ def gather_from_all(value: T) -> list[T]:
 def decided_by_main(decide: Callable[[], T]) -> T:
     """`decide()` run once, on rank 0, and its result on every process.
 
-    A DataError or OSError of `decide()` is raised on every process as a DataError (no process waits for the others).
+    A DataError or OSError of `decide()` is raised on every process as a DataError, after they all left the process
+    group together (no process waits for the others, none aborts at exit).
     """
     outcome: tuple[bool, object] | None = None
     if is_main_process():
@@ -93,6 +94,7 @@ def decided_by_main(decide: Callable[[], T]) -> T:
             outcome = (False, str(error))
     succeeded, value = broadcast_from_main(outcome)
     if not succeeded:
+        leave_process_group()
         raise DataError(value)
     return value
 

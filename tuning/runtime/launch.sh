@@ -24,6 +24,12 @@
 #   waimai_ensure_demo_base TRAIN_JSONL
 #                            in the demo, builds the tiny base model from TRAIN_JSONL unless it exists; with
 #                            NODE_RANK set only node 0 builds it and the other machines wait for it
+#   waimai_lock_output_dir DIR
+#                            takes DIR's lock for this launch (tuning/runtime/lock.py; a one-line error naming the
+#                            holder when another launch has it), keeps it fresh while the script runs and releases it
+#                            at exit; exports WAIMAI_LAUNCH_LOCK, its token, with which train.py's first process
+#                            takes the lock over
+#   waimai_on_exit COMMAND   runs COMMAND (evaluated) when the script exits, after those registered before it
 #   waimai_usage SCRIPT      prints SCRIPT's leading comment block (its --help text)
 # Each returns non-zero after printing a one-line error. PYTHON picks the interpreter (default: python).
 # Arrays that may be empty are expanded as ${a[@]+"${a[@]}"}: bash before 4.4 (CentOS 7) treats "${a[@]}" of an
@@ -147,7 +153,7 @@ waimai_master_port() {
 # only names starting with MLFLOW, PYTHON, MV2, UCX and its accelerator's prefixes (NPU: ASCEND, HCCL, LD_LIBRARY,
 # PATH; CUDA: NCCL), plus the lines of its .deepspeed_env file (deepspeed/launcher/runner.py).
 WAIMAI_FORWARDED_VARIABLES=(DS_ACCELERATOR WAIMAI_DEVICE WAIMAI_CPU_BF16 BAICHUAN_NPU_FUSED_KERNELS OMP_NUM_THREADS
-    PYTORCH_NPU_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT)
+    PYTORCH_NPU_ALLOC_CONF PYTORCH_CUDA_ALLOC_CONF HCCL_CONNECT_TIMEOUT HCCL_EXEC_TIMEOUT WAIMAI_LAUNCH_LOCK)
 
 waimai_forward_environment() {
     local file="$1" name own="${DS_ENV_FILE:-.deepspeed_env}" place
@@ -240,6 +246,21 @@ waimai_select_model() {
 EOF
     fi
     export BASE_MODEL TRAIN_OUTPUT_DIR DEMO DEFAULT_CONFIG
+}
+
+WAIMAI_EXIT_COMMANDS=()
+waimai_on_exit() {
+    WAIMAI_EXIT_COMMANDS+=("$1")
+    trap 'for command in ${WAIMAI_EXIT_COMMANDS[@]+"${WAIMAI_EXIT_COMMANDS[@]}"}; do eval "$command"; done' EXIT
+}
+
+waimai_lock_output_dir() {
+    local dir="$1"
+    WAIMAI_LAUNCH_LOCK="$("${PYTHON:-python}" -m tuning.runtime.lock take "$dir" --pid $$)" || return
+    export WAIMAI_LAUNCH_LOCK
+    "${PYTHON:-python}" -m tuning.runtime.lock keep "$dir" --token "$WAIMAI_LAUNCH_LOCK" --pid $$ \
+        </dev/null >/dev/null 2>&1 &
+    waimai_on_exit "\"\${PYTHON:-python}\" -m tuning.runtime.lock release $(printf %q "$dir") --token $WAIMAI_LAUNCH_LOCK"
 }
 
 waimai_ensure_demo_base() {

@@ -6,19 +6,28 @@ thread. Another run finds the lock and is refused with the holder named, unless 
 - on the holder's host, its process is gone (or its PID now belongs to a process started later);
 - from another host, whose processes cannot be seen, the lock has not been refreshed for STALE_AFTER_S seconds.
 A stale lock is taken over, with a note saying whose it was. The holder removes the lock when it is done.
+
+A launcher takes the lock before its processes start, so that a second launch is refused at once rather than after
+the first one's startup: `python -m tuning.runtime.lock take DIR --pid PID` takes it for the launcher's process PID
+and prints its token, which the launcher hands to its processes (LAUNCH_LOCK_VARIABLE); the process that takes the
+lock with `adopt=` that token becomes its holder instead of being refused.
 """
 
+import argparse
 import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuning.runtime.errors import DataError
+from tuning.runtime.errors import DataError, report_errors
 
+LOCK_NAME = ".run.lock"  # the lock's file in the folder it keeps to one run
+LAUNCH_LOCK_VARIABLE = "WAIMAI_LAUNCH_LOCK"  # the token of the lock a launcher took for its processes
 HEARTBEAT_S = 10.0  # how often the holder refreshes the lock's modification time
 STALE_AFTER_S = 120.0  # a lock not refreshed for this long is stale when its holder's host cannot be checked
 
@@ -43,8 +52,7 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def _holder_text(token: str) -> str:
-    pid = os.getpid()
+def _holder_text(token: str, pid: int) -> str:
     return json.dumps({"host": socket.gethostname(), "pid": pid, "pid_start": process_start_time(pid),
                        "token": token, "since": time.time()})
 
@@ -74,13 +82,16 @@ class FolderLock:
     _stop: threading.Event
 
     @classmethod
-    def take(cls, path: str | Path, what: str = "run") -> "FolderLock":
-        """Take the lock at `path`, or raise DataError naming the live holder (`what` names the lock's user)."""
+    def take(cls, path: str | Path, what: str = "run", pid: int | None = None,
+             adopt: str | None = None) -> "FolderLock":
+        """Take the lock at `path` for process `pid` (default: this one), or raise DataError naming the live holder
+        (`what` names the lock's user). A lock holding the token `adopt` is this launch's: it is taken over."""
         path = Path(path)
+        pid = os.getpid() if pid is None else pid
         token = secrets.token_hex(8)
         taken_over = None
         for _ in range(5):  # each round either takes the lock or moves a stale one aside
-            if _create(path, _holder_text(token)):
+            if _create(path, _holder_text(token, pid)):
                 lock = cls(path, token, taken_over, threading.Event())
                 lock._start_heartbeat()
                 return lock
@@ -92,6 +103,11 @@ class FolderLock:
                 holder = json.loads(text)
             except json.JSONDecodeError:
                 holder = {}
+            if adopt and holder.get("token") == adopt:
+                _write_over(path, _holder_text(adopt, pid))
+                lock = cls(path, adopt, None, threading.Event())
+                lock._start_heartbeat()
+                return lock
             reason = stale_reason(holder, age_s) if holder else "unreadable"
             who = f"host {holder.get('host', '?')}, PID {holder.get('pid', '?')}"
             if reason is None:
@@ -113,11 +129,28 @@ class FolderLock:
     def release(self) -> None:
         """Stop the heartbeat and remove the lock, if it is still this process's."""
         self._stop.set()
+        release_token(self.path, self.token)
+
+
+def keep_fresh(path: Path, token: str, pid: int) -> None:
+    """Refresh the lock at `path` every HEARTBEAT_S seconds while it holds `token` and process `pid` is alive."""
+    while process_alive(pid):
         try:
-            if json.loads(self.path.read_text(encoding="utf-8")).get("token") == self.token:
-                self.path.unlink()
+            if json.loads(path.read_text(encoding="utf-8")).get("token") != token:
+                return
+            os.utime(path)
         except (OSError, json.JSONDecodeError):
-            pass
+            return
+        time.sleep(HEARTBEAT_S)
+
+
+def release_token(path: Path, token: str) -> None:
+    """Remove the lock at `path` if it still holds `token`."""
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("token") == token:
+            path.unlink()
+    except (OSError, json.JSONDecodeError):
+        pass
 
 
 def _create(path: Path, text: str) -> bool:
@@ -131,6 +164,13 @@ def _create(path: Path, text: str) -> bool:
     finally:
         temp.unlink()
     return True
+
+
+def _write_over(path: Path, text: str) -> None:
+    """Replace the file at `path` by one holding `text`, in one step."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
 
 
 def _move_aside(path: Path, stale_text: str) -> bool:
@@ -147,3 +187,40 @@ def _move_aside(path: Path, stale_text: str) -> bool:
         return False
     aside.unlink()
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tuning.runtime.lock",
+        description="A launcher's lock on an output folder (ds_run_bf16.sh): `take DIR --pid PID` takes DIR's lock "
+                    f"for process PID and prints its token ({LAUNCH_LOCK_VARIABLE} for the launch's processes), or "
+                    "names the live holder in one line (exit 2); `keep DIR --token TOKEN --pid PID` refreshes it "
+                    "while it holds TOKEN and PID is alive; `release DIR --token TOKEN` removes it if it still holds "
+                    "TOKEN.")
+    parser.add_argument("action", choices=("take", "keep", "release"))
+    parser.add_argument("folder", type=Path, help="the output folder")
+    parser.add_argument("--pid", type=int, help="the process that holds the lock (default: this one)")
+    parser.add_argument("--token", help="keep, release: the token `take` printed")
+    args = parser.parse_args(argv)
+    path = args.folder / LOCK_NAME
+
+    def work() -> int:
+        if args.action != "take" and not args.token:
+            raise DataError(f"{args.action} needs --token, the token `take` printed")
+        if args.action == "keep":
+            keep_fresh(path, args.token, os.getpid() if args.pid is None else args.pid)
+            return 0
+        if args.action == "release":
+            release_token(path, args.token)
+            return 0
+        lock = FolderLock.take(path, "training run", pid=args.pid)
+        if lock.note:
+            print(f"note: {lock.note}", file=sys.stderr)
+        print(lock.token)
+        return 0
+
+    return report_errors(work)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

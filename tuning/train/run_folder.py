@@ -7,6 +7,7 @@ re-run of the same run continues from its latest complete checkpoint. It also re
 ZeRO stage, precision): DeepSpeed's checkpoints resume only with the same shape.
 """
 
+import os
 import secrets
 import socket
 import time
@@ -16,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuning.run_layout import (
-    LOCK_NAME,
     MANIFEST_NAME,
     SUMMARY_NAME,
     checkpoint_problem,
@@ -29,11 +29,12 @@ from tuning.runtime.distributed import (
     gather_from_all,
     global_rank,
     is_main_process,
+    leave_process_group,
     note,
 )
 from tuning.runtime.errors import DataError
 from tuning.runtime.fileio import read_json
-from tuning.runtime.lock import FolderLock
+from tuning.runtime.lock import LAUNCH_LOCK_VARIABLE, LOCK_NAME, FolderLock
 
 SHAPE_KEYS = ("world_size", "zero_stage", "precision")
 SHARED_CHECK_WAIT_S = 10.0  # how long a process waits to see rank 0's file (network file systems cache lookups)
@@ -90,7 +91,8 @@ def check_resume_shape(output_dir: Path, checkpoint: str, shape: dict) -> None:
 
 
 def check_shared_output_dir(output_dir: Path) -> None:
-    """Every process sees the file rank 0 writes in output_dir; else DataError on every process (collective)."""
+    """Every process sees the file rank 0 writes in output_dir; else DataError on every process, after they all left
+    the process group together (collective)."""
     name = None
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -105,6 +107,7 @@ def check_shared_output_dir(output_dir: Path) -> None:
         marker.unlink()
     blind = [f"rank {rank} on {host}" for rank, host, seen in views if not seen]
     if blind:
+        leave_process_group()
         raise DataError(
             f"--output_dir {output_dir} is not one shared folder: {', '.join(blind)} cannot see the files rank 0 "
             "writes there; OUTPUT_DIR must be on a file system shared by all machines"
@@ -115,12 +118,13 @@ def check_shared_output_dir(output_dir: Path) -> None:
 def output_dir_lock(output_dir: Path) -> Iterator[None]:
     """This launch's lock on output_dir, held while the block runs (collective: rank 0 takes it for every process of
     the launch, and releases it when the block ends, also on an error). Another launch's live lock is a DataError on
-    every process; a stale one is taken over with a note."""
+    every process; a stale one is taken over with a note; the one the launcher took for this launch (its token in
+    LAUNCH_LOCK_VARIABLE) passes to rank 0."""
     lock = None
 
     def take() -> str | None:
         nonlocal lock
-        lock = FolderLock.take(output_dir / LOCK_NAME, "training run")
+        lock = FolderLock.take(output_dir / LOCK_NAME, "training run", adopt=os.environ.get(LAUNCH_LOCK_VARIABLE))
         return lock.note
 
     taken_over = decided_by_main(take)
