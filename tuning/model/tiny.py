@@ -104,8 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--train_data", type=Path, default=Path("data/train.jsonl"),
                         help='JSONL file with one {"review": ...} per line (made by make_data.py)')
-    parser.add_argument("--output_dir", type=Path, default=Path("output/demo/tiny-base"),
-                        help="the model folder to create (must not exist yet)")
+    parser.add_argument("--output_dir", type=Path, required=True,
+                        help="the model folder to create (must not exist yet); the launcher's is the demo recipe's "
+                             "model_name_or_path")
     parser.add_argument("--vocab_size", type=whole_number(16), default=DEFAULT_VOCAB_SIZE,
                         help="largest vocabulary size (smaller when the reviews are few)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
