@@ -84,6 +84,7 @@ if [ -n "${USE_LORA:-}" ]; then flags+=(--use_lora "$USE_LORA"); fi
 
 include="$(waimai_device_include)" || exit 2  # --num_gpus would take devices 0..N-1 whatever is visible
 port="$(waimai_master_port)"
+if [ "$DEVICE_KIND" = cpu ]; then waimai_on_exit "waimai_remove_shm_buffers $port"; fi
 launcher=(deepspeed --master_port "$port")
 if [ -n "${HOSTFILE:-}" ]; then
     launcher+=(--hostfile "$HOSTFILE")

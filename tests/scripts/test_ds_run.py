@@ -127,7 +127,7 @@ def demo_run(repo_root, data_dir, tmp_path_factory) -> dict:
     second = _run(repo_root, env, *DEMO_ARGS)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     return {"root": root, "base": root / "tiny-base", "output_dir": output_dir, "first_log": first_log,
-            "interrupted_at": interrupted_at, "second": second}
+            "interrupted_at": interrupted_at, "second": second, "port": env["MASTER_PORT"]}
 
 
 def test_demo_run_interrupted_then_continued(demo_run):
@@ -138,6 +138,8 @@ def test_demo_run_interrupted_then_continued(demo_run):
         assert "training in fp32" in first_log
     step = int(interrupted_at.name.split("-")[1])
     assert 10 <= step < 50
+    # DeepSpeed's CPU allreduce buffers of both launches (they share the port) are removed with the second
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{demo_run['port']}_*"))
     assert f"resuming from {interrupted_at}" in demo_run["second"].stdout
     assert (output_dir / "checkpoint-900" / "config.json").is_file()
     summary = json.loads((output_dir / "train_summary.json").read_text(encoding="utf-8"))

@@ -481,3 +481,29 @@ def _two_nodes(machine: dict) -> Path:
     hostfile = machine["root"] / "hostfile"
     hostfile.write_text("nodeA slots=8\nnodeB slots=8\n", encoding="utf-8")
     return hostfile
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm on this system")
+def test_deepspeeds_cpu_allreduce_buffers_of_the_launch_are_removed_at_the_end(repo_root, machine):
+    """DeepSpeed's CPU processes leave a shared-memory buffer each, named after the master port; only the launch's
+    own go."""
+    port = _free_port()
+    other_port = port - 1  # another launch's buffers: a name only
+    ours = [Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_{rank}") for rank in (0, 1)]
+    other = Path(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{other_port}_0")
+    try:
+        for path in (*ours, other):
+            path.write_bytes(b"buffer")
+        result = _launch(repo_root, machine, PYTHON=sys.executable, WAIMAI_DEVICE="cpu", MASTER_PORT=str(port))
+        assert result.returncode == 0, result.stderr
+        assert _launcher_args(machine)[:2] == ["--master_port", str(port)]
+        assert [path.exists() for path in (*ours, other)] == [False, False, True]
+    finally:
+        for path in (*ours, other):
+            path.unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -30,6 +30,9 @@
 #                            at exit; exports WAIMAI_LAUNCH_LOCK, its token, with which train.py's first process
 #                            takes the lock over
 #   waimai_on_exit COMMAND   runs COMMAND (evaluated) when the script exits, after those registered before it
+#   waimai_remove_shm_buffers PORT
+#                            removes this user's /dev/shm buffers of DeepSpeed's CPU allreduce for PORT, which
+#                            DeepSpeed never unlinks (67 MB of memory per process and launch, kept until reboot)
 #   waimai_usage SCRIPT      prints SCRIPT's leading comment block (its --help text)
 # Each returns non-zero after printing a one-line error. PYTHON picks the interpreter (default: python).
 # Arrays that may be empty are expanded as ${a[@]+"${a[@]}"}: bash before 4.4 (CentOS 7) treats "${a[@]}" of an
@@ -252,6 +255,12 @@ WAIMAI_EXIT_COMMANDS=()
 waimai_on_exit() {
     WAIMAI_EXIT_COMMANDS+=("$1")
     trap 'for command in ${WAIMAI_EXIT_COMMANDS[@]+"${WAIMAI_EXIT_COMMANDS[@]}"}; do eval "$command"; done' EXIT
+}
+
+# DeepSpeed's CPU allreduce (csrc/cpu/comm/shm.cpp) names each process's buffer
+# deepspeed_allreduce_buffer_<uid>_<master address>_<port>_<rank> and never calls its shared_close.
+waimai_remove_shm_buffers() {
+    rm -f "/dev/shm/deepspeed_allreduce_buffer_$(id -u)_"*"_${1}_"*
 }
 
 waimai_lock_output_dir() {
