@@ -153,6 +153,13 @@ def latest_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return next((path for path in numbered_checkpoints(output_dir) if is_complete_checkpoint(path)), None)
 
 
+def latest_recorded_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete `checkpoint-N` whose SHA-256 record was written (the save finished on every process);
+    whether its files still match the record is checksum_problem's question."""
+    return next((path for path in numbered_checkpoints(output_dir)
+                 if is_complete_checkpoint(path) and (path / CHECKSUMS_NAME).is_file()), None)
+
+
 def write_checksums(checkpoint: str | Path) -> None:
     """Record the SHA-256 of every file in a saved checkpoint (CHECKSUMS_NAME, written atomically)."""
     checkpoint = Path(checkpoint)

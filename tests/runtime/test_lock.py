@@ -9,38 +9,19 @@ import threading
 import time
 
 import pytest
+from lock_holder import start_lock_holder
 
 from tuning.runtime import lock as lock_module
 from tuning.runtime.errors import DataError
 from tuning.runtime.lock import FolderLock, process_start_time
 from tuning.runtime.paths import REPO_ROOT
 
-# Takes the lock named by argv[1], says so, holds it until a line arrives on stdin, then releases it.
-HOLDER = (
-    "import sys\n"
-    "from tuning.runtime.lock import FolderLock\n"
-    "from tuning.runtime.errors import report_errors\n"
-    "def hold():\n"
-    "    lock = FolderLock.take(sys.argv[1])\n"
-    "    print('held', flush=True)\n"
-    "    sys.stdin.readline()\n"
-    "    lock.release()\n"
-    "    return 0\n"
-    "sys.exit(report_errors(hold))\n"
-)
-
-
-def _holder(path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], cwd=REPO_ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-
 
 def test_a_second_process_is_refused_naming_the_first_until_it_releases(tmp_path):
     path = tmp_path / ".run.lock"
-    first = _holder(path)
+    first = start_lock_holder(path)
     assert first.stdout.readline() == "held\n"
-    second = _holder(path)
+    second = start_lock_holder(path)
     _, err = second.communicate(timeout=60)
     assert second.returncode == 2
     assert err == (f"error: {tmp_path} is in use by another run (host {socket.gethostname()}, PID {first.pid}, lock "

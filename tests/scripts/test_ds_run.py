@@ -30,7 +30,7 @@ from tiny_models import expected_precision
 
 from run_test import main as run_test_main
 from tuning.model.baichuan import load_model
-from tuning.run_layout import CHECKSUMS_NAME, latest_complete_checkpoint
+from tuning.run_layout import latest_recorded_checkpoint
 from tuning.runtime.devices import detect_device
 
 pytestmark = pytest.mark.e2e  # real DeepSpeed launches through ds_run_bf16.sh
@@ -81,12 +81,6 @@ def _run(repo_root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
                           timeout=TIMEOUT_S)
 
 
-def _resumable(output_dir: Path) -> Path | None:
-    """The newest checkpoint a resume would take: complete and with its SHA-256 record written."""
-    latest = latest_complete_checkpoint(output_dir)
-    return latest if latest and (latest / CHECKSUMS_NAME).is_file() else None
-
-
 def _stop_group(process: subprocess.Popen) -> None:
     """Interrupt the launcher, its processes and tee, as Ctrl-C would; wait until all of them are gone."""
     os.killpg(process.pid, signal.SIGINT)
@@ -114,13 +108,13 @@ def demo_run(repo_root, data_dir, tmp_path_factory) -> dict:
                                  stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + TIMEOUT_S
-            while _resumable(output_dir) is None and first.poll() is None:
+            while latest_recorded_checkpoint(output_dir) is None and first.poll() is None:
                 assert time.monotonic() < deadline, "no checkpoint in time"
                 time.sleep(0.1)
         finally:
             _stop_group(first)
     first_log = (root / "first.out").read_text()
-    interrupted_at = _resumable(output_dir)
+    interrupted_at = latest_recorded_checkpoint(output_dir)
     assert interrupted_at is not None and not (output_dir / "train_summary.json").exists(), first_log[-3000:]
     (output_dir / "checkpoint-900").mkdir()  # an interrupted save: skipped, and left alone
     (output_dir / "checkpoint-900" / "config.json").write_text("{}", encoding="utf-8")

@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from lock_holder import start_lock_holder
+
+from tuning.runtime.lock import LOCK_NAME
 
 RECIPE_VARIABLES = ("LR", "EPOCHS", "BATCH_SIZE", "GLOBAL_BATCH_SIZE", "GRAD_ACCUM", "MAX_LENGTH", "GRADIENT_CHECKPOINTING",
                     "EVAL_BATCH_SIZE", "LOGGING_STEPS", "WARMUP_RATIO", "WEIGHT_DECAY", "LR_SCHEDULER", "PADDING",
@@ -438,16 +441,6 @@ def test_device_check_adds_the_two_rank_zero2_run_where_there_are_two_devices(re
         assert "two_devices: exit 0" in text and "- none for lack of devices" in text
 
 
-def _hold_lock(folder: Path) -> subprocess.Popen:
-    """Another launch's process holding the output folder's lock until a line arrives on its stdin."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tuning.runtime.lock import LOCK_NAME, FolderLock; "
-                               "from pathlib import Path; FolderLock.take(Path(sys.argv[1]) / LOCK_NAME); "
-                               "print('held', flush=True); sys.stdin.readline()", str(folder)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline() == "held\n"
-    return holder
-
-
 def test_the_launch_locks_its_output_folder_for_train_py_and_releases_it_at_the_end(repo_root, machine):
     result = _launch(repo_root, machine)
     assert result.returncode == 0, result.stderr
@@ -461,7 +454,8 @@ def test_the_launch_locks_its_output_folder_for_train_py_and_releases_it_at_the_
 def test_a_second_launch_into_a_folder_in_use_stops_before_any_process_starts(repo_root, machine):
     output_dir = machine["root"] / "out"
     output_dir.mkdir()
-    holder = _hold_lock(output_dir)
+    holder = start_lock_holder(output_dir / LOCK_NAME)
+    assert holder.stdout.readline() == "held\n"
     try:
         result = _launch(repo_root, machine)
         on_node_1 = _launch(repo_root, machine, HOSTFILE=str(_two_nodes(machine)), NODE_RANK="1",

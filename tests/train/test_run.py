@@ -18,6 +18,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from lock_holder import start_lock_holder
 from tiny_models import ONE_PROCESS_FLAGS, expected_precision
 from transformers import Trainer
 
@@ -371,23 +372,19 @@ def test_resume_trusts_only_checkpoints_whose_files_match_their_record(tiny_base
     assert f"{newest} skipped: trainer_state.json is damaged" in err and f"resuming from {previous}" in err
 
 
-def test_a_second_run_into_a_folder_in_use_is_refused_before_the_model_loads(tiny_base, data_dir, tmp_path, capsys,
-                                                                             repo_root):
+def test_a_second_run_into_a_folder_in_use_is_refused_before_the_model_loads(tiny_base, data_dir, tmp_path, capsys):
     output_dir = tmp_path / "run"
     output_dir.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from tuning.runtime.lock import FolderLock; "
-                               "FolderLock.take(sys.argv[1]); print('held', flush=True); sys.stdin.readline()",
-                               str(output_dir / LOCK_NAME)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              cwd=repo_root, env={**os.environ, "PYTHONPATH": str(repo_root)})
+    holder = start_lock_holder(output_dir / LOCK_NAME)
     try:
         assert holder.stdout.readline() == "held\n"
         assert main(_flags(tiny_base, data_dir, output_dir)) == 2
+        assert sorted(path.name for path in output_dir.iterdir()) == [LOCK_NAME]  # the holder's; nothing written
     finally:
         holder.communicate("done\n", timeout=60)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert errors == [f"error: {output_dir} is in use by another training run (host {socket.gethostname()}, PID "
                       f"{holder.pid}, lock file {LOCK_NAME}); wait for it to finish or choose another output folder"]
-    assert sorted(path.name for path in output_dir.iterdir()) == [LOCK_NAME]  # the holder's; nothing written
 
 
 def test_the_lock_its_launcher_took_passes_to_the_run_and_is_released_at_the_end(tiny_base, data_dir, tmp_path,

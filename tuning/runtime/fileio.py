@@ -73,11 +73,17 @@ def staging_folder(beside: str | Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """`path` itself if it exists, else its nearest parent that does."""
+    path = Path(path)
+    return next(candidate for candidate in (path, *path.parents) if candidate.exists())
+
+
 def check_output_folder(folder: str | Path, flag: str, names: tuple[str, ...] = ()) -> None:
     """Before any work: `folder` (or its nearest existing parent) is a writable folder, and none of the files
     `names` to be written there is a folder; else a DataError naming the flag."""
     folder = Path(folder)
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         raise DataError(f"{flag} {folder}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -122,8 +128,7 @@ def is_disk_full(error: BaseException) -> bool:
 
 def free_megabytes(path: str | Path) -> int:
     """Free space on the file system of `path` (or of its nearest existing parent)."""
-    existing = next(folder for folder in (Path(path), *Path(path).parents) if folder.exists())
-    return shutil.disk_usage(existing).free // 2**20
+    return shutil.disk_usage(nearest_existing(path)).free // 2**20
 
 
 def dump_json(payload: object, handle: IO) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuning.runtime.errors import DataError, report_errors
+from tuning.runtime.fileio import atomic_writer
 
 LOCK_NAME = ".run.lock"  # the lock's file in the folder it keeps to one run
 LAUNCH_LOCK_VARIABLE = "WAIMAI_LAUNCH_LOCK"  # the token of the lock a launcher took for its processes
@@ -92,9 +93,7 @@ class FolderLock:
         taken_over = None
         for _ in range(5):  # each round either takes the lock or moves a stale one aside
             if _create(path, _holder_text(token, pid)):
-                lock = cls(path, token, taken_over, threading.Event())
-                lock._start_heartbeat()
-                return lock
+                return cls._held(path, token, taken_over)
             try:
                 text, age_s = path.read_text(encoding="utf-8"), time.time() - path.stat().st_mtime
             except FileNotFoundError:
@@ -104,10 +103,9 @@ class FolderLock:
             except json.JSONDecodeError:
                 holder = {}
             if adopt and holder.get("token") == adopt:
-                _write_over(path, _holder_text(adopt, pid))
-                lock = cls(path, adopt, None, threading.Event())
-                lock._start_heartbeat()
-                return lock
+                with atomic_writer(path) as handle:
+                    handle.write(_holder_text(adopt, pid))
+                return cls._held(path, adopt, None)
             reason = stale_reason(holder, age_s) if holder else "unreadable"
             who = f"host {holder.get('host', '?')}, PID {holder.get('pid', '?')}"
             if reason is None:
@@ -116,6 +114,13 @@ class FolderLock:
             if _move_aside(path, text):
                 taken_over = f"took over the stale lock {path} of {who}: {reason}"
         raise DataError(f"{path}: could not take the lock (other runs keep taking it)")
+
+    @classmethod
+    def _held(cls, path: Path, token: str, note: str | None) -> "FolderLock":
+        """The lock this process now holds at `path`, its heartbeat started."""
+        lock = cls(path, token, note, threading.Event())
+        lock._start_heartbeat()
+        return lock
 
     def _start_heartbeat(self) -> None:
         def beat() -> None:
@@ -164,13 +169,6 @@ def _create(path: Path, text: str) -> bool:
     finally:
         temp.unlink()
     return True
-
-
-def _write_over(path: Path, text: str) -> None:
-    """Replace the file at `path` by one holding `text`, in one step."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
 
 
 def _move_aside(path: Path, stale_text: str) -> bool:

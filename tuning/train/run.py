@@ -26,14 +26,12 @@ from tuning.model.baichuan import (
     load_tokenizer,
 )
 from tuning.run_layout import (
-    CHECKSUMS_NAME,
     CONFIG_NAME,
     CURVES_NAME,
     FINAL_STAGING,
     MANIFEST_NAME,
     SUMMARY_NAME,
-    is_complete_checkpoint,
-    numbered_checkpoints,
+    latest_recorded_checkpoint,
 )
 from tuning.runtime.devices import (
     Device,
@@ -309,8 +307,7 @@ def train(recipe: Recipe, started: float) -> int:
 
 def disk_full(output_dir: Path) -> OSError:
     """The one-line error of a save that found the disk full: the space left and what the folder kept."""
-    kept = next((checkpoint for checkpoint in numbered_checkpoints(output_dir)
-                 if is_complete_checkpoint(checkpoint) and (checkpoint / CHECKSUMS_NAME).is_file()), None)
+    kept = latest_recorded_checkpoint(output_dir)
     then = (f"kept {kept} (the same command continues from there once there is space)" if kept
             else "no complete checkpoint was kept")
     return OSError(f"no space left on OUTPUT_DIR {output_dir} ({free_megabytes(output_dir)} MB free); {then}")
