@@ -23,8 +23,9 @@
 # configs/tiny_demo_lora.yaml), one device unless NUM_DEVICES says otherwise (the demo: 2 processes, ZeRO-2), and
 # output folders ending in -lora; the run ends with the merged model there. OUTPUT_DIR must be one file
 # system shared by all machines (checked at start). Re-running the same command continues from the latest complete
-# checkpoint. Relative paths are relative to the repository. The output is also written to
-# OUTPUT_DIR/train_<time>.log. On one machine an unset MASTER_PORT is a free port; with HOSTFILE it is 29500.
+# checkpoint whose files match their SHA-256 record. A second launch into an OUTPUT_DIR in use stops at once, naming
+# the other run's host and PID (docs/guarantees.md). Relative paths are relative to the repository. The output is
+# also written to OUTPUT_DIR/train_<time>.log. On one machine an unset MASTER_PORT is a free port; with HOSTFILE it is 29500.
 # Variables: MODEL, OUTPUT_DIR, DEMO_BASE_MODEL, DEMO_OUTPUT_DIR, CONFIG, DS_CONFIG (the DeepSpeed config instead
 # of the recipe's), TRAIN_DATA, EVAL_DATA, NUM_DEVICES, HOSTFILE, NODE_RANK, MASTER_ADDR, MASTER_PORT, DEMO,
 # USE_LORA. Every hyperparameter is in the recipe or a flag (python train.py --help). Device variables:
